@@ -1,0 +1,1021 @@
+#!/usr/bin/env python3
+"""
+music-composer: learn the style of a folder of WAV files and compose new music in that style.
+
+Each 0.25 s block of audio becomes one FFT frame; a recurrent network (Dense -> stacked LSTM ->
+Dense) learns to predict the next frame; seeded with a clip of the training music, it then
+writes new music one frame at a time.
+
+First run (creates input_music_dataset/ and tells you what to do):
+    python3 music-composer.py
+Train on your music (copy *.wav files into input_music_dataset/ first), then write 10 pieces:
+    python3 music-composer.py
+Continue training the same model for 5 more epochs, then write 3 pieces of 30 s:
+    python3 music-composer.py -e 5 -g 3 -s 30
+Generate only, from the saved model:
+    python3 music-composer.py -e 0
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+# -----------------------------------------------------------------------------
+# Configuration
+
+SAMPLE_RATE = 44_100  # Hz; every file is resampled to this
+BLOCK_SIZE = 11_025  # samples per frame: 0.25 s at 44.1 kHz, as in the original tool
+NUM_BINS = BLOCK_SIZE // 2 + 1  # rfft bins of one block: 5 513
+NUM_FEATURES = 2 * NUM_BINS  # real parts then imaginary parts: 11 026
+WINDOW_FRAMES = 4  # frames in one training sequence and in a seed: 1 s
+FRAMES_PER_SECOND = SAMPLE_RATE / BLOCK_SIZE  # 4.0
+STD_FLOOR = 1e-8  # smallest standard deviation used to normalise a feature
+VALIDATION_FRACTION = 0.1  # the last tenth of each file is held out for val_loss
+CACHE_VERSION = 1  # bump when the way frames are made changes: old caches are rebuilt
+CHECKPOINT_VERSION = 1
+CACHE_MANIFEST = "cache.json"
+CHECKPOINT_NAME = "model.keras"
+BEST_CHECKPOINT_NAME = "model-best.keras"
+CHECKPOINT_METADATA = "music_composer.json"  # our entry inside the .keras zip
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dataset_dir: Path  # folder of the user's WAV files; read, never written
+    cache_dir: Path  # preprocessed frames and the model checkpoints
+    output_name: str  # generated files are OUTPUT_NAME-0.wav, OUTPUT_NAME-1.wav, ...
+    hidden_neurons: int = 1024  # LSTM units in each layer, >= 1
+    hidden_layers: int = 4  # stacked LSTM layers, >= 1
+    epochs: int = 20  # epochs to train in this run, >= 0 (0: generate only)
+    batch_size: int = 10  # training windows per batch, >= 1
+    seconds: int = 10  # length of each generated piece in seconds, >= 1
+    num_pieces: int = 10  # pieces to generate, >= 1
+    random_seed: int | None = None  # makes a CPU run repeatable; None: fresh randomness
+
+
+class UserError(Exception):
+    """A problem the user can fix; main() prints it without a traceback and exits 1."""
+
+
+def say(message):
+    print(message, flush=True)
+
+
+def warn(message):
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# -----------------------------------------------------------------------------
+# Reading WAV files
+
+
+class UnusableAudio(Exception):
+    """A file that cannot be used; the reason is shown to the user and the file skipped."""
+
+
+def find_wav_files(dataset_dir):
+    """Every *.wav in the folder, any case, sorted by name (not recursive)."""
+    try:
+        entries = [p for p in Path(dataset_dir).iterdir() if p.name.lower().endswith(".wav")]
+    except OSError as error:
+        raise UserError(f"Cannot list the music folder {dataset_dir}: {error.strerror}.") from None
+    return sorted(entries, key=lambda p: p.name)
+
+
+def samples_to_float(data):
+    """Integer or float PCM samples -> float32, integers scaled to [-1, 1)."""
+    if data.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
+        return (data.astype(np.float32) - 128.0) / 128.0
+    if data.dtype == np.int16:
+        return data.astype(np.float32) / 32768.0
+    if data.dtype == np.int32:  # SciPy returns 24-bit samples left-aligned in int32
+        return (data.astype(np.float64) / 2147483648.0).astype(np.float32)
+    if data.dtype == np.int64:
+        return (data.astype(np.float64) / 9223372036854775808.0).astype(np.float32)
+    if data.dtype in (np.float32, np.float64):
+        return data.astype(np.float32)
+    raise UnusableAudio(f"unsupported sample type {data.dtype}")
+
+
+def resample(audio, rate):
+    """Polyphase resampling of a mono float32 signal from `rate` to SAMPLE_RATE."""
+    if rate == SAMPLE_RATE:
+        return audio
+    from scipy.signal import resample_poly
+
+    divisor = math.gcd(rate, SAMPLE_RATE)
+    return resample_poly(audio, SAMPLE_RATE // divisor, rate // divisor).astype(np.float32)
+
+
+def read_wav(path):
+    """One WAV file -> mono float32 samples at 44.1 kHz in [-1, 1].
+
+    Raises UnusableAudio with a short reason for anything that cannot be used.
+    Returns (audio, notes): notes are repairs the user should hear about.
+    """
+    from scipy.io import wavfile
+
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UnusableAudio("broken link: what it points to does not exist")
+    if not os.path.isfile(path):
+        raise UnusableAudio("not a regular file" if os.path.exists(path) else "it disappeared")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SciPy warns about odd chunks it then reads fine
+            rate, data = wavfile.read(path)
+    except PermissionError:
+        raise UnusableAudio("no permission to read it") from None
+    except MemoryError:
+        raise UnusableAudio("too large to read into memory") from None
+    except Exception as error:  # SciPy's parser raises ValueError, struct.error, EOFError, ...
+        raise UnusableAudio(f"not a readable WAV file ({error or type(error).__name__})") from None
+    if rate <= 0:
+        raise UnusableAudio(f"invalid sample rate {rate}")
+    if data.size == 0:
+        raise UnusableAudio("it holds no samples")
+    audio = samples_to_float(data)
+    audio = audio.mean(axis=1, dtype=np.float32) if audio.ndim == 2 else audio
+    return repair_samples(resample(audio, rate))
+
+
+def repair_samples(audio):
+    """Non-finite samples become silence, samples past full scale are clipped; both noted."""
+    notes = []
+    finite = np.isfinite(audio)
+    if not finite.any():
+        raise UnusableAudio("every sample is NaN or infinite")
+    if not finite.all():
+        notes.append(f"{np.count_nonzero(~finite)} NaN or infinite samples set to silence")
+        audio = np.where(finite, audio, np.float32(0.0))
+    peak = float(np.max(np.abs(audio)))
+    if peak > 1.0 + 1e-3:  # resampling alone may overshoot full scale by a hair
+        notes.append(f"peak level {peak:.2f} is past full scale; clipped to [-1, 1]")
+    return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False), notes
+
+
+# -----------------------------------------------------------------------------
+# FFT frames: 0.25 s blocks <-> real+imaginary rFFT frames
+
+
+def blocks_from_audio(audio, block_size=BLOCK_SIZE):
+    """(samples,) -> (num_blocks, block_size), the tail zero-padded to a whole block."""
+    num_blocks = max(1, -(-len(audio) // block_size))
+    padded = np.zeros(num_blocks * block_size, dtype=np.float32)
+    padded[: len(audio)] = audio
+    return padded.reshape(num_blocks, block_size)
+
+
+def frames_from_blocks(blocks):
+    """(n, BLOCK_SIZE) float32 -> (n, NUM_FEATURES) float32: real parts, then imaginary parts."""
+    from scipy import fft
+
+    spectrum = fft.rfft(blocks, axis=-1)  # complex64 for float32 input
+    return np.concatenate([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)
+
+
+def blocks_from_frames(frames, block_size=BLOCK_SIZE):
+    """Inverse of frames_from_blocks: (..., NUM_FEATURES) -> (..., block_size) float32."""
+    from scipy import fft
+
+    num_bins = frames.shape[-1] // 2
+    spectrum = frames[..., :num_bins] + 1j * frames[..., num_bins:]
+    return fft.irfft(spectrum, n=block_size, axis=-1).astype(np.float32)
+
+
+def normalise(frames, mean, std):
+    return ((frames - mean) / std).astype(np.float32)
+
+
+def denormalise(frames, mean, std):
+    return (frames * std + mean).astype(np.float32)
+
+
+class RunningStats:
+    """Per-feature mean and variance over many batches of frames (Chan et al.'s merge)."""
+
+    def __init__(self, num_features):
+        self.count = 0
+        self.mean = np.zeros(num_features)
+        self.m2 = np.zeros(num_features)  # sum of squared deviations from the mean
+
+    def add(self, frames):
+        batch = frames.astype(np.float64)
+        count, mean = len(batch), batch.mean(axis=0)
+        m2 = ((batch - mean) ** 2).sum(axis=0)
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * count / total
+        self.m2 = self.m2 + m2 + delta**2 * self.count * count / total
+        self.count = total
+
+    def mean_and_std(self):
+        std = np.sqrt(self.m2 / max(self.count, 1))
+        return self.mean.astype(np.float32), np.maximum(std, STD_FLOOR).astype(np.float32)
+
+
+# -----------------------------------------------------------------------------
+# The frame cache (train_data/)
+#
+# Layout: cache.json (the manifest, written last) names a folder frames-<fingerprint>/ that
+# holds frames.npy (num_frames, NUM_FEATURES) float32 normalised, file_starts.npy (int64, one
+# more entry than there are files), mean.npy and std.npy. A new cache is built in a temporary
+# folder and renamed into place before the manifest is replaced, so a run killed at any moment
+# leaves the previous complete cache or no trusted cache at all.
+
+
+@dataclasses.dataclass
+class FrameCache:
+    frames: np.ndarray  # (num_frames, NUM_FEATURES) float32, normalised, memory-mapped
+    file_starts: np.ndarray  # (num_files + 1,) int64: file i owns frames[starts[i]:starts[i+1]]
+    mean: np.ndarray  # (NUM_FEATURES,) float32
+    std: np.ndarray  # (NUM_FEATURES,) float32
+    file_names: list  # names of the files used, in order
+    fingerprint: str  # changes whenever the music or the preprocessing settings change
+    rms_db: float  # level of the training music, RMS in dB relative to full scale
+
+
+def preprocessing_settings():
+    return {"cache_version": CACHE_VERSION, "sample_rate": SAMPLE_RATE, "block_size": BLOCK_SIZE,
+            "frame": "rfft-real-imag"}
+
+
+def dataset_fingerprint(wav_paths):
+    """A hash of each file's name, size and modification time, and of the settings."""
+    listing = []
+    for path in wav_paths:
+        try:
+            info = os.stat(path)
+            listing.append([path.name, info.st_size, info.st_mtime_ns])
+        except OSError:
+            listing.append([path.name, None, None])  # a broken link still counts as present
+    text = json.dumps({"files": listing, "settings": preprocessing_settings()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_cache(cache_dir, fingerprint):
+    """The cache for this fingerprint, or None when it is missing, stale or incomplete."""
+    try:
+        manifest = json.loads((Path(cache_dir) / CACHE_MANIFEST).read_text())
+        if manifest.get("fingerprint") != fingerprint:
+            return None
+        folder = Path(cache_dir) / manifest["folder"]
+        frames = np.load(folder / "frames.npy", mmap_mode="r", allow_pickle=False)
+        file_starts = np.load(folder / "file_starts.npy", allow_pickle=False)
+        mean = np.load(folder / "mean.npy", allow_pickle=False)
+        std = np.load(folder / "std.npy", allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    expected = (manifest.get("num_frames"), NUM_FEATURES)
+    if frames.shape != expected or file_starts[-1] != frames.shape[0] or mean.shape != std.shape:
+        return None
+    return FrameCache(frames, file_starts, mean, std, manifest["files"], fingerprint,
+                      manifest["rms_db"])
+
+
+def write_npy(path, array):
+    with open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path):
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def write_raw_frames(wav_paths, raw_path):
+    """Pass 1: read each file, append its un-normalised frames to raw_path, gather statistics.
+
+    Streams file by file, so memory stays near the size of the largest single file.
+    """
+    stats, file_starts, used, skipped = RunningStats(NUM_FEATURES), [0], [], []
+    sum_squares, num_samples = 0.0, 0
+    with open(raw_path, "wb") as raw:
+        for path in wav_paths:
+            try:
+                audio, notes = read_wav(path)
+            except UnusableAudio as reason:
+                warn(f"skipping {path}: {reason}")
+                skipped.append(path.name)
+                continue
+            for note in notes:
+                warn(f"{path}: {note}")
+            frames = frames_from_blocks(blocks_from_audio(audio))
+            raw.write(frames.tobytes())
+            stats.add(frames)
+            sum_squares += float(np.dot(audio, audio))
+            num_samples += len(audio)
+            file_starts.append(file_starts[-1] + len(frames))
+            used.append((path.name, len(audio) / SAMPLE_RATE))
+    rms_db = 10 * math.log10(max(sum_squares / max(num_samples, 1), 1e-20))
+    return stats, np.array(file_starts, dtype=np.int64), used, skipped, rms_db
+
+
+def normalise_into_npy(raw_path, npy_path, num_frames, mean, std, chunk_frames=256):
+    """Pass 2: raw float32 frames -> normalised frames in an .npy file, a chunk at a time."""
+    raw = np.memmap(raw_path, dtype=np.float32, mode="r", shape=(num_frames, NUM_FEATURES))
+    out = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.float32,
+                                    shape=(num_frames, NUM_FEATURES))
+    for start in range(0, num_frames, chunk_frames):
+        out[start : start + chunk_frames] = normalise(raw[start : start + chunk_frames], mean, std)
+    out.flush()
+    del out, raw
+
+
+def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint):
+    """Preprocess every usable WAV into a new cache folder, then switch the manifest to it."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    folder_name = f"frames-{fingerprint}"
+    partial = cache_dir / f"{folder_name}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        stats, file_starts, used, skipped, rms_db = write_raw_frames(wav_paths, partial / "raw")
+        if not used:
+            raise UserError(no_music_message(dataset_dir, wav_paths, skipped))
+        if dataset_fingerprint(find_wav_files(dataset_dir)) != fingerprint:
+            raise UserError(f"The music in {dataset_dir} changed while it was being read; "
+                            f"the cache was not saved. Run again once the folder is settled.")
+        mean, std = stats.mean_and_std()
+        normalise_into_npy(partial / "raw", partial / "frames.npy", int(file_starts[-1]), mean, std)
+        (partial / "raw").unlink()
+        for name, array in [("file_starts", file_starts), ("mean", mean), ("std", std)]:
+            write_npy(partial / f"{name}.npy", array)
+        fsync_dir(partial)
+        final = cache_dir / folder_name
+        shutil.rmtree(final, ignore_errors=True)  # a leftover not named by any manifest
+        os.replace(partial, final)
+        manifest = {"fingerprint": fingerprint, "folder": folder_name, "settings":
+                    preprocessing_settings(), "num_frames": int(file_starts[-1]),
+                    "files": [name for name, _ in used], "rms_db": rms_db}
+        write_json_atomically(cache_dir / CACHE_MANIFEST, manifest)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    remove_stale_cache_folders(cache_dir, keep=folder_name)
+    return used, skipped
+
+
+def write_json_atomically(path, data):
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "w") as handle:
+        json.dump(data, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_dir(path.parent)
+
+
+def remove_stale_cache_folders(cache_dir, keep):
+    """Old caches and partial folders of killed runs; only folders that this tool names."""
+    for entry in Path(cache_dir).iterdir():
+        if entry.name.startswith("frames-") and entry.name != keep and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def no_music_message(dataset_dir, wav_paths, skipped):
+    found = f"found {len(wav_paths)} .wav file(s), none usable" if wav_paths else "found no .wav files"
+    return (f"No usable music in {dataset_dir}: {found}"
+            + (f" (skipped: {', '.join(skipped)})" if skipped else "")
+            + f". Copy some .wav files into {dataset_dir} and run again.")
+
+
+def prepare_cache(dataset_dir, cache_dir):
+    """Reuse the cache when the music and settings are unchanged, otherwise rebuild it."""
+    wav_paths = find_wav_files(dataset_dir)
+    if not wav_paths:
+        raise UserError(no_music_message(dataset_dir, wav_paths, []))
+    fingerprint = dataset_fingerprint(wav_paths)
+    cache = load_cache(cache_dir, fingerprint)
+    if cache is not None:
+        say(f"Reusing the frame cache in {cache_dir}: {len(cache.file_names)} file(s), "
+            f"{len(cache.frames)} frames ({len(cache.frames) / FRAMES_PER_SECOND / 60:.1f} min).")
+        return cache
+    say(f"Building the frame cache in {cache_dir} from {len(wav_paths)} .wav file(s)...")
+    started = time.perf_counter()
+    used, skipped = build_cache(dataset_dir, cache_dir, wav_paths, fingerprint)
+    cache = load_cache(cache_dir, fingerprint)
+    minutes = sum(seconds for _, seconds in used) / 60
+    say(f"Cached {len(cache.frames)} frames from {len(used)} file(s), {minutes:.1f} min of music"
+        f"{f', {len(skipped)} skipped' if skipped else ''}, in {time.perf_counter() - started:.1f} s.")
+    return cache
+
+
+def check_dataset_folder(dataset_dir):
+    """First run: create the folder and say what to put in it."""
+    dataset_dir = Path(dataset_dir)
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise UserError(f"{dataset_dir} is a file, not a folder. Give a folder of .wav files "
+                        f"with -d/--datasets-folder-path.")
+    if not dataset_dir.exists():
+        dataset_dir.mkdir(parents=True)
+        raise UserError(f"Created the folder {dataset_dir}. Copy your music (.wav files) into "
+                        f"it and run again.")
+
+
+# -----------------------------------------------------------------------------
+# Training windows: 4 consecutive frames in, the same 4 shifted one frame later out
+
+
+def split_windows(file_starts, validation_fraction=VALIDATION_FRACTION):
+    """Start indices of training and validation windows; no window crosses a file boundary.
+
+    Each file's last tenth (at least WINDOW_FRAMES + 1 frames) is held out for validation,
+    when the file is long enough to keep a training window as well.
+    """
+    span = WINDOW_FRAMES + 1  # frames one window touches, its target included
+    train, validation = [], []
+    for start, end in zip(file_starts[:-1], file_starts[1:]):
+        held_out = max(span, int(round((end - start) * validation_fraction)))
+        split = end - held_out if end - start >= 2 * span else end
+        train.append(np.arange(start, split - span + 1))
+        validation.append(np.arange(split, end - span + 1))
+    return np.concatenate(train).astype(np.int64), np.concatenate(validation).astype(np.int64)
+
+
+def gather_windows(frames, window_starts):
+    """(batch,) starts -> inputs and targets, each (batch, WINDOW_FRAMES, NUM_FEATURES)."""
+    order = np.argsort(window_starts)  # reading the memory map in order is kinder to the disk
+    rows = window_starts[order][:, None] + np.arange(WINDOW_FRAMES + 1)
+    windows = np.empty((len(window_starts), WINDOW_FRAMES + 1, frames.shape[1]), np.float32)
+    windows[order] = frames[rows.ravel()].reshape(len(window_starts), WINDOW_FRAMES + 1, -1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def minimum_music_message(file_starts):
+    seconds = (file_starts[-1]) / FRAMES_PER_SECOND
+    need = 2 * (WINDOW_FRAMES + 1) / FRAMES_PER_SECOND
+    return (f"Too little music to train: found {seconds:.2f} s, but training and validation "
+            f"together need at least {need:.1f} s in one file ({2 * (WINDOW_FRAMES + 1)} blocks "
+            f"of {BLOCK_SIZE / SAMPLE_RATE} s). Add longer .wav files.")
+
+
+# -----------------------------------------------------------------------------
+# The model: time-distributed Dense -> stacked LSTM -> time-distributed Dense
+
+
+def import_keras():
+    """TensorFlow is imported only here, so --help and user errors answer at once."""
+    if "keras" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with native_stderr_silenced():  # TensorFlow's C++ start-up chatter, not for users
+            import keras
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # probes CUDA once, quietly
+    import keras
+
+    return keras
+
+
+class native_stderr_silenced:
+    """Point file descriptor 2 at /dev/null for a moment; Python exceptions still surface."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+
+    def __exit__(self, *exc_info):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+
+
+def build_model(num_features, hidden_neurons, hidden_layers):
+    keras = import_keras()
+    layers = keras.layers
+    frames = keras.Input(shape=(None, num_features), name="frames")  # (batch, time, features)
+    x = layers.TimeDistributed(layers.Dense(hidden_neurons), name="project_in")(frames)
+    for index in range(hidden_layers):
+        # Default activations and no recurrent dropout keep TensorFlow's cuDNN LSTM on a GPU.
+        x = layers.LSTM(hidden_neurons, return_sequences=True, name=f"lstm_{index}")(x)
+    next_frames = layers.TimeDistributed(layers.Dense(num_features), name="project_out")(x)
+    model = keras.Model(frames, next_frames, name="music_composer")
+    # Adam adapts each weight's step size, reaching a lower loss in far fewer epochs than the
+    # original's Adadelta; clipping the gradient norm guards the LSTMs against blow-ups.
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=1e-4, clipnorm=1.0), loss="mse")
+    return model
+
+
+def model_shape(model):
+    """(hidden_neurons, hidden_layers) of a model made by build_model."""
+    lstms = [layer for layer in model.layers if layer.name.startswith("lstm_")]
+    return lstms[0].units, len(lstms)
+
+
+def count_parameters(num_features, hidden_neurons, hidden_layers):
+    """Parameters of build_model's network, by formula (no TensorFlow needed)."""
+    project_in = num_features * hidden_neurons + hidden_neurons
+    lstm = 4 * (2 * hidden_neurons * hidden_neurons + hidden_neurons)
+    project_out = hidden_neurons * num_features + num_features
+    return project_in + hidden_layers * lstm + project_out
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints: the Keras model file plus everything generation needs, in one atomic file
+
+
+def read_checkpoint_metadata(path):
+    """Our metadata and normalisation from a checkpoint, without TensorFlow; UserError if foreign."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read(CHECKPOINT_METADATA))
+            mean = np.load(io.BytesIO(archive.read("mean.npy")), allow_pickle=False)
+            std = np.load(io.BytesIO(archive.read("std.npy")), allow_pickle=False)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise UserError(f"The checkpoint {path} is damaged or was not written by this tool "
+                        f"({error}). Move it away to start a new model, or pass another folder "
+                        f"with -t/--traindata-folder-path; it was left untouched.") from None
+    if metadata.get("version") != CHECKPOINT_VERSION:
+        raise UserError(f"The checkpoint {path} has format version {metadata.get('version')}, "
+                        f"this tool reads version {CHECKPOINT_VERSION}. Move it away to start anew.")
+    return metadata, mean, std
+
+
+def check_checkpoint_shape(path, metadata, hidden_neurons, hidden_layers):
+    saved = (metadata["hidden_neurons"], metadata["hidden_layers"])
+    if saved != (hidden_neurons, hidden_layers):
+        raise UserError(
+            f"The checkpoint {path} holds a network of -n {saved[0]} -l {saved[1]}, but this run "
+            f"asks for -n {hidden_neurons} -l {hidden_layers}. Run with -n {saved[0]} -l "
+            f"{saved[1]} to continue that model, or give another -t/--traindata-folder-path to "
+            f"train a new one. The checkpoint was not changed.")
+
+
+def save_checkpoint(path, model, metadata, mean, std):
+    """Write model + metadata to a temporary file, then rename it over `path` in one step."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")  # Keras wants .keras
+    try:
+        model.save(temporary)
+        with zipfile.ZipFile(temporary, "a") as archive:
+            archive.writestr(CHECKPOINT_METADATA, json.dumps(metadata, indent=1))
+            for name, array in [("mean.npy", mean), ("std.npy", std)]:
+                buffer = io.BytesIO()
+                np.save(buffer, array, allow_pickle=False)
+                archive.writestr(name, buffer.getvalue())
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        fsync_dir(path.parent)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def load_checkpoint_model(path):
+    """The Keras model of a checkpoint; safe mode, so no code stored in a model file runs."""
+    keras = import_keras()
+    try:
+        return keras.saving.load_model(path, safe_mode=True)
+    except Exception as error:  # Keras raises many kinds for a damaged file
+        raise UserError(f"Could not load the model in {path} ({type(error).__name__}: {error}). "
+                        f"Move it away to start a new model; it was left untouched.") from None
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+def make_batches(frames, window_starts, batch_size, rng, shuffle):
+    """A keras.utils.PyDataset over the memory-mapped frames: nothing loaded whole."""
+    keras = import_keras()
+
+    class WindowBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.order = rng.permutation(window_starts) if shuffle else window_starts
+
+        def __len__(self):
+            return -(-len(window_starts) // batch_size)
+
+        def __getitem__(self, index):
+            return gather_windows(frames, self.order[index * batch_size : (index + 1) * batch_size])
+
+        def on_epoch_end(self):
+            if shuffle:
+                self.order = rng.permutation(window_starts)
+
+    return WindowBatches()
+
+
+def make_checkpoint_callback(cache_dir, metadata, mean, std):
+    """After each epoch: stop on a NaN loss, else save the checkpoint (and the best one)."""
+    keras = import_keras()
+
+    class SaveCheckpoint(keras.callbacks.Callback):
+        diverged = False
+
+        def on_train_batch_end(self, batch, logs=None):
+            if not math.isfinite((logs or {}).get("loss", 0.0)):
+                self.diverged = True
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            loss, val_loss = logs.get("loss", math.nan), logs.get("val_loss", math.nan)
+            if self.diverged or not (math.isfinite(loss) and math.isfinite(val_loss)):
+                self.diverged = True
+                self.model.stop_training = True
+                return
+            metadata["epochs_done"] += 1
+            metadata["history"].append({"epoch": metadata["epochs_done"], "loss": loss,
+                                        "val_loss": val_loss})
+            path = Path(cache_dir) / CHECKPOINT_NAME
+            save_checkpoint(path, self.model, metadata, mean, std)
+            note = ""
+            if val_loss < metadata.get("best_val_loss", math.inf):
+                metadata["best_val_loss"] = val_loss
+                save_checkpoint(path.with_name(BEST_CHECKPOINT_NAME), self.model, metadata,
+                                mean, std)
+                note = f" (best so far, also saved as {BEST_CHECKPOINT_NAME})"
+            say(f"epoch {metadata['epochs_done']} | loss {loss:.4f} | val_loss {val_loss:.4f}"
+                f" | saved {path}{note}")
+
+    return SaveCheckpoint()
+
+
+def train(model, cache, metadata, config, rng):
+    """Train config.epochs more epochs; return the model to generate with."""
+    train_starts, validation_starts = split_windows(cache.file_starts)
+    if len(train_starts) == 0 or len(validation_starts) == 0:
+        raise UserError(minimum_music_message(cache.file_starts))
+    say(f"Training on {len(train_starts)} windows, validating on {len(validation_starts)}, "
+        f"batch size {config.batch_size}.")
+    callback = make_checkpoint_callback(config.cache_dir, metadata, cache.mean, cache.std)
+    start_epoch = metadata["epochs_done"]
+    try:
+        model.fit(make_batches(cache.frames, train_starts, config.batch_size, rng, shuffle=True),
+                  validation_data=make_batches(cache.frames, validation_starts,
+                                               config.batch_size, rng, shuffle=False),
+                  initial_epoch=start_epoch, epochs=start_epoch + config.epochs,
+                  callbacks=[callback], verbose=1 if sys.stdout.isatty() else 0)
+    except KeyboardInterrupt:
+        say(f"\nTraining interrupted after {metadata['epochs_done']} epoch(s); moving on to "
+            f"generation (press Ctrl-C again to quit).")
+        return reload_last_checkpoint(model, config.cache_dir)
+    if callback.diverged:
+        warn("the loss became NaN; training stopped and the last good checkpoint was kept.")
+        return reload_last_checkpoint(model, config.cache_dir)
+    return model
+
+
+def reload_last_checkpoint(model, cache_dir):
+    path = Path(cache_dir) / CHECKPOINT_NAME
+    if not path.exists():
+        raise UserError("Training stopped before the first epoch finished, so there is no "
+                        "checkpoint to generate from. Run again and let one epoch finish.")
+    return load_checkpoint_model(path)
+
+
+def describe_device():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    return f"GPU ({', '.join(gpu.name for gpu in gpus)})" if gpus else "CPU (no GPU visible)"
+
+
+def new_metadata(config, cache):
+    return {"version": CHECKPOINT_VERSION, "hidden_neurons": config.hidden_neurons,
+            "hidden_layers": config.hidden_layers, "block_size": BLOCK_SIZE,
+            "sample_rate": SAMPLE_RATE, "num_features": NUM_FEATURES,
+            "window_frames": WINDOW_FRAMES, "frame": "rfft-real-imag", "epochs_done": 0,
+            "cache_fingerprint": cache.fingerprint, "train_rms_db": cache.rms_db,
+            "batch_size": config.batch_size, "history": []}
+
+
+def prepare_model(config, cache, checkpoint):
+    """A new model, or the checkpoint's, ready to train; and the metadata to save with it."""
+    if checkpoint is None:
+        say("No checkpoint yet: starting a new model.")
+        return build_model(NUM_FEATURES, config.hidden_neurons, config.hidden_layers), \
+            new_metadata(config, cache)
+    path, metadata, _, _ = checkpoint
+    model = load_checkpoint_model(path)
+    say(f"Resuming from {path} after epoch {metadata['epochs_done']}.")
+    if metadata.get("cache_fingerprint") != cache.fingerprint:
+        say("The music changed since that checkpoint was trained: training continues from it "
+            "on the new music, with the new normalisation statistics.")
+        metadata.update(cache_fingerprint=cache.fingerprint, train_rms_db=cache.rms_db)
+        metadata.pop("best_val_loss", None)  # val_loss on other music is not comparable
+    metadata["batch_size"] = config.batch_size
+    return model, metadata
+
+
+# -----------------------------------------------------------------------------
+# Generation: a step function carries the LSTM states forward one frame at a time
+
+
+def make_step_function(model, batch_size):
+    """predict_next(frames (batch, features)) -> next frames, keeping LSTM states between calls.
+
+    It calls the trained layers' own weights (the LSTM cells), so nothing is copied, and the
+    cost of each frame is the same however long the piece grows.
+    """
+    import tensorflow as tf
+
+    project_in = model.get_layer("project_in").layer
+    project_out = model.get_layer("project_out").layer
+    cells = [layer.cell for layer in model.layers if layer.name.startswith("lstm_")]
+    zeros = tf.zeros((batch_size, cells[0].units))
+    states = [[zeros, zeros] for _ in cells]
+
+    @tf.function
+    def step(frames, states):
+        hidden = project_in(frames)
+        new_states = []
+        for cell, state in zip(cells, states):
+            hidden, state = cell(hidden, state, training=False)
+            new_states.append(state)
+        return project_out(hidden), new_states
+
+    def predict_next(frames):
+        nonlocal states
+        next_frames, states = step(tf.convert_to_tensor(frames, tf.float32), states)
+        return next_frames.numpy()
+
+    return predict_next
+
+
+def generate(predict_next, seeds, num_frames):
+    """Yield num_frames frames (batch, features), each fed back in to make the next one.
+
+    seeds: (batch, seed_frames, features). The seed warms the states up; the prediction after
+    its last frame is the first new frame.
+    """
+    for index in range(seeds.shape[1]):
+        next_frames = predict_next(seeds[:, index])
+    for _ in range(num_frames):
+        yield next_frames
+        next_frames = predict_next(next_frames)
+
+
+def pick_seeds(frames, file_starts, count, rng):
+    """`count` different random windows of WINDOW_FRAMES frames, none crossing files."""
+    starts = np.concatenate([np.arange(start, end - WINDOW_FRAMES + 1)
+                             for start, end in zip(file_starts[:-1], file_starts[1:])])
+    if len(starts) == 0:
+        raise UserError(f"No file is long enough for a seed of {WINDOW_FRAMES} blocks "
+                        f"({WINDOW_FRAMES / FRAMES_PER_SECOND:.0f} s).")
+    chosen = rng.choice(starts, size=count, replace=count > len(starts))
+    return np.stack([frames[start : start + WINDOW_FRAMES] for start in chosen])
+
+
+def output_paths(output_name, count):
+    """NAME-i.wav for the first `count` numbers not taken yet: nothing is overwritten."""
+    paths, index = [], 0
+    while len(paths) < count:
+        path = Path(f"{output_name}-{index}.wav")
+        if not os.path.lexists(path):
+            paths.append(path)
+        index += 1
+    return paths
+
+
+def to_pcm16(blocks):
+    """float32 blocks -> little-endian 16-bit PCM bytes, clipped (never wrapped) to full scale."""
+    return (np.clip(blocks, -1.0, 1.0) * 32767.0).round().astype("<i2")
+
+
+class WavWriters:
+    """One 16-bit mono WAV per piece, written as it goes under a temporary name and renamed to
+    its final name only when complete; an interrupted run leaves no half-written output."""
+
+    def __init__(self, paths):
+        import wave
+
+        self.paths = paths
+        self.temporary = [path.with_name(f".{path.name}.partial-{os.getpid()}") for path in paths]
+        self.files = []
+        for temporary in self.temporary:
+            handle = wave.open(str(temporary), "wb")
+            handle.setnchannels(1)
+            handle.setsampwidth(2)
+            handle.setframerate(SAMPLE_RATE)
+            self.files.append(handle)
+
+    def write(self, blocks):  # (pieces, samples) float32
+        for handle, samples in zip(self.files, to_pcm16(blocks)):
+            handle.writeframes(samples.tobytes())
+
+    def finish(self):
+        for handle, temporary, path in zip(self.files, self.temporary, self.paths):
+            handle.close()
+            os.link(temporary, path)  # fails rather than overwrite a file that appeared meanwhile
+            temporary.unlink()
+
+    def discard(self):
+        for handle, temporary in zip(self.files, self.temporary):
+            handle.close()
+            temporary.unlink(missing_ok=True)
+
+
+def progress_reporter(total):
+    """Keras's progress bar on a terminal; in a log, a line at each quarter."""
+    if sys.stdout.isatty():
+        progress = import_keras().utils.Progbar(total, unit_name="frame")
+        return lambda done: progress.update(done) if done % 20 == 0 or done == total else None
+    marks = {math.ceil(total * quarter / 4): quarter * 25 for quarter in (1, 2, 3, 4)}
+    return lambda done: say(f"generated {marks[done]}% ({done}/{total} frames)") \
+        if done in marks else None
+
+
+def rms_db(samples):
+    samples = samples.astype(np.float64)
+    return 10 * math.log10(max(float(np.mean(samples**2)) if len(samples) else 0.0, 1e-20))
+
+
+def write_pieces(predict_next, seeds, mean, std, seconds, paths):
+    """Generate every piece together, one frame at a time, and stream them into WAV files."""
+    num_frames = int(round(seconds * FRAMES_PER_SECOND))
+    writers = WavWriters(paths)
+    report = progress_reporter(num_frames)
+    try:
+        for index, frames in enumerate(generate(predict_next, seeds, num_frames)):
+            writers.write(blocks_from_frames(denormalise(frames, mean, std)))
+            report(index + 1)
+        writers.finish()
+    except BaseException:
+        writers.discard()
+        raise
+
+
+def summarise_outputs(paths, train_rms_db):
+    from scipy.io import wavfile
+
+    say(f"Wrote {len(paths)} piece(s); training music level {train_rms_db:.1f} dB RMS.")
+    for path in paths:
+        rate, samples = wavfile.read(path, mmap=True)
+        samples = np.asarray(samples, dtype=np.float32) / 32768.0
+        say(f"  {path}: {len(samples) / rate:.2f} s, first second {rms_db(samples[:rate]):.1f} dB, "
+            f"last second {rms_db(samples[-rate:]):.1f} dB")
+
+
+def compose(model, cache, config, mean, std, train_rms_db, rng):
+    paths = output_paths(config.output_name, config.num_pieces)
+    seeds = normalise(denormalise(pick_seeds(cache.frames, cache.file_starts, config.num_pieces,
+                                             rng), cache.mean, cache.std), mean, std)
+    say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
+        f"1 s clips of the training music...")
+    predict_next = make_step_function(model, config.num_pieces)
+    write_pieces(predict_next, seeds, mean, std, config.seconds, paths)
+    summarise_outputs(paths, train_rms_db)
+
+
+# -----------------------------------------------------------------------------
+# The command line
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def output_name(text):
+    if not text or text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"expected a file name without .wav, got {text!r}")
+    return text
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(
+        prog="music-composer.py",
+        description="Learn the style of a folder of WAV files with a recurrent network and "
+                    "compose new music in that style.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    folders = parser.add_argument_group("folders and files")
+    folders.add_argument("-d", "--datasets-folder-path", default="input_music_dataset/",
+                         help="folder of your .wav files (read only, never changed)")
+    folders.add_argument("-t", "--traindata-folder-path", default="train_data/",
+                         help="folder for the frame cache and the model checkpoints")
+    folders.add_argument("-o", "--output-music-name", default="output", type=output_name,
+                         help="generated files are NAME-0.wav, NAME-1.wav, ...; "
+                              "existing files are never overwritten: numbering goes on")
+    network = parser.add_argument_group("network")
+    network.add_argument("-n", "--hidden-layer-neurons", default=1024, type=positive_int,
+                         help="LSTM units in each layer")
+    network.add_argument("-l", "--hidden-layer-count", default=4, type=positive_int,
+                         help="number of stacked LSTM layers")
+    training = parser.add_argument_group("training")
+    training.add_argument("-e", "--epochs", default=20, type=non_negative_int,
+                          help="epochs to train in this run; 0 generates from the checkpoint")
+    training.add_argument("-b", "--batch-size", default=10, type=positive_int,
+                          help="training windows per batch")
+    training.add_argument("--random-seed", default=None, type=non_negative_int,
+                          help="make initialisation, shuffling and seeds repeatable (on a CPU)")
+    generation = parser.add_argument_group("generation")
+    generation.add_argument("-s", "--seconds-to-generate", default=10, type=positive_int,
+                            help="length of each generated piece in seconds")
+    generation.add_argument("-g", "--generated-music-num", default=10, type=positive_int,
+                            help="how many pieces to generate")
+    return parser
+
+
+def config_from_args(args):
+    return Config(dataset_dir=Path(args.datasets_folder_path),
+                  cache_dir=Path(args.traindata_folder_path),
+                  output_name=args.output_music_name, hidden_neurons=args.hidden_layer_neurons,
+                  hidden_layers=args.hidden_layer_count, epochs=args.epochs,
+                  batch_size=args.batch_size, seconds=args.seconds_to_generate,
+                  num_pieces=args.generated_music_num, random_seed=args.random_seed)
+
+
+def print_settings(config):
+    say("music-composer settings: " + ", ".join(
+        f"{field.name}={getattr(config, field.name)}" for field in dataclasses.fields(config)))
+
+
+def find_checkpoint(config):
+    """(path, metadata, mean, std) of the checkpoint in the traindata folder, or None.
+
+    Checked before any work, so that a mismatch costs the user nothing.
+    """
+    path = config.cache_dir / CHECKPOINT_NAME
+    if not path.exists():
+        return None
+    metadata, mean, std = read_checkpoint_metadata(path)
+    check_checkpoint_shape(path, metadata, config.hidden_neurons, config.hidden_layers)
+    return path, metadata, mean, std
+
+
+def run(config):
+    print_settings(config)
+    check_dataset_folder(config.dataset_dir)
+    checkpoint = find_checkpoint(config)
+    if config.epochs == 0 and checkpoint is None:
+        raise UserError(f"-e 0 generates from a trained model, but there is no checkpoint in "
+                        f"{config.cache_dir}. Train first (leave out -e 0).")
+    if not Path(config.output_name).resolve().parent.is_dir():
+        raise UserError(f"The output name {config.output_name!r} is in a folder that does not "
+                        f"exist. Create it first, or choose another -o/--output-music-name.")
+    cache = prepare_cache(config.dataset_dir, config.cache_dir)
+    keras = import_keras()
+    if config.random_seed is not None:
+        keras.utils.set_random_seed(config.random_seed)
+    rng = np.random.default_rng(config.random_seed)
+    say(f"Device: {describe_device()}.")
+    if config.epochs > 0:
+        model, metadata = prepare_model(config, cache, checkpoint)
+        say(f"Model: {model.count_params():,} parameters (-n {config.hidden_neurons} "
+            f"-l {config.hidden_layers}).")
+        model = train(model, cache, metadata, config, rng)
+        metadata, mean, std = read_checkpoint_metadata(config.cache_dir / CHECKPOINT_NAME)
+    else:
+        path, metadata, mean, std = checkpoint
+        say(f"Generating from {path}, trained for {metadata['epochs_done']} epoch(s).")
+        model = load_checkpoint_model(path)
+    compose(model, cache, config, mean, std, metadata["train_rms_db"], rng)
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    try:
+        run(config_from_args(args))
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopped by Ctrl-C. Finished checkpoints and outputs are kept.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

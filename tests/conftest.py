@@ -1,0 +1,55 @@
+"""Shared helpers: the script loaded as a module, WAV files made with NumPy and SciPy, and the
+real command line run as a subprocess."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "music-composer.py"
+SAMPLE_RATE = 44_100
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("music_composer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def mc():
+    return load_script()
+
+
+def tone(seconds, frequency=440.0, rate=SAMPLE_RATE, amplitude=0.5, phase=0.0):
+    t = np.arange(int(round(seconds * rate))) / rate
+    return (amplitude * np.sin(2 * np.pi * frequency * t + phase)).astype(np.float32)
+
+
+def melody(seconds, rate=SAMPLE_RATE, seed=0):
+    """Notes changing every quarter second over a held chord: something with structure."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * rate))) / rate
+    chord = sum(0.1 * np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))
+    notes = rng.choice([440.0, 493.9, 554.4, 587.3, 659.3], size=int(seconds * 4) + 1)
+    lead = 0.3 * np.sin(2 * np.pi * notes[(t * 4).astype(int)] * t)
+    return (chord + lead).astype(np.float32)
+
+
+def write_int16(path, audio, rate=SAMPLE_RATE):
+    wavfile.write(path, rate, (np.clip(audio, -1, 1) * 32767).astype(np.int16))
+    return Path(path)
+
+
+def run_cli(*args, cwd, timeout=300, env=None):
+    """The real command line, as a user runs it."""
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})

@@ -1,0 +1,122 @@
+"""Flags, their validation, and the first-run messages (none of which may import TensorFlow)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import SCRIPT, run_cli, tone, write_int16
+
+FLAGS = {"-n": "--hidden-layer-neurons", "-l": "--hidden-layer-count", "-e": "--epochs",
+         "-b": "--batch-size", "-s": "--seconds-to-generate", "-g": "--generated-music-num"}
+
+
+def test_defaults_match_the_original_tool(mc):
+    config = mc.config_from_args(mc.make_parser().parse_args([]))
+    assert str(config.dataset_dir) == "input_music_dataset"
+    assert str(config.cache_dir) == "train_data"
+    assert config.output_name == "output"
+    assert (config.hidden_neurons, config.hidden_layers, config.epochs) == (1024, 4, 20)
+    assert (config.batch_size, config.seconds, config.num_pieces) == (10, 10, 10)
+    assert config.random_seed is None
+
+
+def test_short_and_long_flags_are_the_same(mc):
+    parser = mc.make_parser()
+    short = parser.parse_args("-d a -t b -o c -n 3 -l 2 -e 0 -b 5 -s 7 -g 1".split())
+    long = parser.parse_args(
+        ("--datasets-folder-path a --traindata-folder-path b --output-music-name c "
+         "--hidden-layer-neurons 3 --hidden-layer-count 2 --epochs 0 --batch-size 5 "
+         "--seconds-to-generate 7 --generated-music-num 1").split())
+    assert vars(short) == vars(long)
+    assert short.epochs == 0 and short.hidden_layer_neurons == 3
+
+
+def test_trailing_slash_is_optional(mc):
+    parser = mc.make_parser()
+    with_slash = mc.config_from_args(parser.parse_args(["-d", "music/", "-t", "cache/"]))
+    without = mc.config_from_args(parser.parse_args(["-d", "music", "-t", "cache"]))
+    assert with_slash.dataset_dir == without.dataset_dir
+    assert with_slash.cache_dir == without.cache_dir
+
+
+@pytest.mark.parametrize("short", sorted(FLAGS))
+@pytest.mark.parametrize("value", ["-1", "abc", "1.5", ""])
+def test_bad_values_are_refused_naming_the_flag(mc, capsys, short, value):
+    with pytest.raises(SystemExit) as exit_info:
+        mc.make_parser().parse_args([short, value])
+    assert exit_info.value.code == 2
+    assert FLAGS[short] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("short", sorted(set(FLAGS) - {"-e"}))
+def test_zero_is_refused_except_for_epochs(mc, capsys, short):
+    with pytest.raises(SystemExit) as exit_info:
+        mc.make_parser().parse_args([short, "0"])
+    assert exit_info.value.code == 2
+    assert "must be 1 or more" in capsys.readouterr().err
+    assert mc.make_parser().parse_args(["-e", "0"]).epochs == 0
+
+
+def test_bad_flag_through_the_command_line_has_no_traceback(tmp_path):
+    result = run_cli("-n", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--hidden-layer-neurons" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_lists_every_flag_with_its_default(tmp_path):
+    result = run_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for flag in ["-d", "-t", "-o", *FLAGS, "--random-seed"]:
+        assert f"{flag} " in result.stdout or f"{flag}," in result.stdout
+    assert "default: input_music_dataset/" in result.stdout
+    assert "default: 1024" in result.stdout
+
+
+def modules_after(argv, cwd):
+    """Run the script in a fresh interpreter; report its exit code and whether TF was loaded."""
+    code = (f"import runpy, sys; sys.argv = {[str(SCRIPT), *argv]!r}\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as e:\n    print('EXIT', e.code)\n"
+            "print('TF', 'tensorflow' in sys.modules, 'keras' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                            text=True, timeout=60)
+    return result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["-b", "x"], ["-d", "missing"], ["-d", "empty"]])
+def test_tensorflow_is_not_imported_for_help_errors_or_first_run(tmp_path, argv):
+    (tmp_path / "empty").mkdir()
+    stdout, _ = modules_after(argv, tmp_path)
+    assert "TF False False" in stdout
+
+
+def test_first_run_creates_the_folder_and_says_what_to_do(tmp_path):
+    result = run_cli(cwd=tmp_path)
+    assert result.returncode == 1
+    assert (tmp_path / "input_music_dataset").is_dir()
+    assert "Copy your music" in result.stderr and "input_music_dataset" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "train_data").exists()
+
+
+def test_folder_without_usable_audio_says_what_was_found(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "notes.txt").write_text("not music")
+    (music / "broken.wav").write_bytes(b"RIFF nonsense")
+    result = run_cli("-d", music, "-t", tmp_path / "cache", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "broken.wav" in result.stderr and "none usable" in result.stderr
+    assert "Copy some .wav files" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in music.iterdir()) == ["broken.wav", "notes.txt"]
+
+
+def test_dataset_path_that_is_a_file_is_refused(tmp_path):
+    write_int16(tmp_path / "song.wav", tone(1.0))
+    result = run_cli("-d", tmp_path / "song.wav", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "is a file, not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
