@@ -1,0 +1,169 @@
+"""The whole job through the real command line, on synthetic music with a tiny network."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from conftest import SCRIPT, load_script, melody, run_cli, tone, write_int16
+
+TINY = ["-n", "8", "-l", "1", "-b", "8", "--random-seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One training run shared by the tests below: 2 files of music, one epoch."""
+    root = tmp_path_factory.mktemp("e2e")
+    music = root / "music"
+    music.mkdir()
+    write_int16(music / "one.wav", melody(6.0, seed=1))
+    write_int16(music / "two.wav", melody(5.0, seed=2))
+    result = run_cli("-d", music, "-t", root / "cache", "-e", "1", "-g", "2", "-s", "3", *TINY,
+                     cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root, music, result
+
+
+def assert_good_piece(path, seconds):
+    rate, samples = wavfile.read(path)
+    assert rate == 44_100 and samples.dtype == np.int16 and samples.ndim == 1
+    assert len(samples) == seconds * 44_100
+    assert np.abs(samples).max() > 0  # not silent
+
+
+def test_first_run_trains_checkpoints_and_writes_pieces(trained):
+    root, _, result = trained
+    assert "Building the frame cache" in result.stdout
+    assert "Device: CPU" in result.stdout
+    assert "Model: 187,994 parameters" in result.stdout
+    assert "epoch 1 | loss" in result.stdout and "val_loss" in result.stdout
+    assert (root / "cache" / "model.keras").exists()
+    assert (root / "cache" / "model-best.keras").exists()
+    for index in range(2):
+        assert_good_piece(root / f"output-{index}.wav", 3)
+        assert f"output-{index}.wav: 3.00 s, first second" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_second_run_resumes_and_keeps_earlier_outputs(trained):
+    root, music, _ = trained
+    before = (root / "output-0.wav").read_bytes()
+    result = run_cli("-d", music, "-t", root / "cache", "-e", "1", "-g", "1", "-s", "2", *TINY,
+                     cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "Reusing the frame cache" in result.stdout
+    assert "after epoch 1" in result.stdout and "epoch 2 | loss" in result.stdout
+    mc = load_script()
+    assert mc.read_checkpoint_metadata(root / "cache" / "model.keras")[0]["epochs_done"] == 2
+    assert (root / "output-0.wav").read_bytes() == before
+    assert_good_piece(root / "output-2.wav", 2)
+
+
+def test_a_different_shape_is_refused_and_the_checkpoint_untouched(trained):
+    root, music, _ = trained
+    checkpoint = root / "cache" / "model.keras"
+    before = checkpoint.read_bytes()
+    result = run_cli("-d", music, "-t", root / "cache", "-e", "1", "-n", "16", "-l", "1",
+                     cwd=root)
+    assert result.returncode == 1
+    assert str(checkpoint) in result.stderr
+    assert "-n 8 -l 1" in result.stderr and "-n 16 -l 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert checkpoint.read_bytes() == before
+
+
+def test_epochs_zero_generates_only(trained):
+    root, music, _ = trained
+    checkpoint = root / "cache" / "model.keras"
+    before = checkpoint.read_bytes()
+    result = run_cli("-d", music, "-t", root / "cache", "-e", "0", "-g", "1", "-s", "1",
+                     "-o", "only", *TINY, cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "Generating from" in result.stdout and "loss" not in result.stdout
+    assert_good_piece(root / "only-0.wav", 1)
+    assert checkpoint.read_bytes() == before
+
+
+def test_changed_music_continues_from_the_checkpoint(trained, tmp_path):
+    root, music, _ = trained
+    more = tmp_path / "more"
+    more.mkdir()
+    for path in music.iterdir():
+        (more / path.name).write_bytes(path.read_bytes())
+    write_int16(more / "three.wav", melody(4.0, seed=3))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for path in (root / "cache").glob("model*.keras"):
+        (cache / path.name).write_bytes(path.read_bytes())
+    result = run_cli("-d", more, "-t", cache, "-e", "1", "-g", "1", "-s", "1", *TINY,
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Building the frame cache" in result.stdout
+    assert "The music changed since that checkpoint" in result.stdout
+    assert "Resuming from" in result.stdout
+
+
+def test_epochs_zero_without_a_checkpoint_says_so(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "a.wav", tone(3.0))
+    result = run_cli("-d", music, "-t", tmp_path / "cache", "-e", "0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_too_little_music_says_how_much_is_needed(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "short.wav", tone(1.5))
+    result = run_cli("-d", music, "-t", tmp_path / "cache", "-e", "1", *TINY, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Too little music" in result.stderr and "2.5 s" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache" / "model.keras").exists()
+
+
+def test_sigint_during_training_keeps_a_checkpoint_that_loads(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "long.wav", melody(60.0, seed=4))
+    checkpoint = tmp_path / "cache" / "model.keras"
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "-d", music, "-t", tmp_path / "cache", "-e", "500",
+         "-g", "1", "-s", "1", "-n", "32", "-l", "2", "-b", "4"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Training interrupted" in stdout
+    assert "Traceback" not in stderr
+    mc = load_script()
+    metadata, _, _ = mc.read_checkpoint_metadata(checkpoint)
+    assert 1 <= metadata["epochs_done"] < 500
+    assert mc.model_shape(mc.load_checkpoint_model(checkpoint)) == (32, 2)
+    assert_good_piece(tmp_path / "output-0.wav", 1)
+
+
+def test_second_ctrl_c_quits_during_generation_leaving_no_half_written_wav(trained):
+    root, music, _ = trained
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "-d", music, "-t", root / "cache", "-e", "0", "-g", "2",
+         "-s", "3600", "-o", "long", *TINY], cwd=root, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("Generating 2 piece(s)"):
+            break
+    time.sleep(2.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Stopped by Ctrl-C" in stderr and "Traceback" not in stderr
+    assert not list(root.glob("long-*")) and not list(root.glob(".long-*"))

@@ -1,0 +1,214 @@
+"""Training windows, the network, checkpoints and the generation loop, called directly."""
+
+import math
+import wave
+
+import numpy as np
+import pytest
+
+from conftest import melody, write_int16
+
+DEFAULT_PARAMETERS = 56_164_114  # -n 1024 -l 4 on 11 026-wide frames; the README quotes it
+
+
+def test_default_parameter_count_is_pinned(mc):
+    assert mc.count_parameters(mc.NUM_FEATURES, 1024, 4) == DEFAULT_PARAMETERS
+    model = mc.build_model(mc.NUM_FEATURES, 1024, 4)
+    assert model.count_params() == DEFAULT_PARAMETERS
+    assert mc.model_shape(model) == (1024, 4)
+
+
+def test_parameter_formula_matches_keras_on_small_models(mc):
+    for features, neurons, layers in [(6, 5, 1), (10, 3, 3), (mc.NUM_FEATURES, 8, 2)]:
+        model = mc.build_model(features, neurons, layers)
+        assert model.count_params() == mc.count_parameters(features, neurons, layers)
+
+
+def test_network_shape(mc):
+    model = mc.build_model(12, 7, 2)
+    names = [layer.__class__.__name__ for layer in model.layers]
+    assert names == ["InputLayer", "TimeDistributed", "LSTM", "LSTM", "TimeDistributed"]
+    assert model.get_layer("project_in").layer.units == 7
+    lstm = model.get_layer("lstm_0")
+    # The settings TensorFlow needs to pick the cuDNN kernel on a GPU.
+    assert (lstm.activation.__name__, lstm.recurrent_activation.__name__) == ("tanh", "sigmoid")
+    assert lstm.recurrent_dropout == 0 and lstm.use_bias and not lstm.unroll
+    assert model(np.zeros((3, 5, 12), np.float32)).shape == (3, 5, 12)
+
+
+def test_windows_never_cross_files_and_hold_out_the_last_tenth(mc):
+    file_starts = np.array([0, 100, 103, 140])  # 100 frames, 3 (too short), 37
+    train, validation = mc.split_windows(file_starts)
+    span = mc.WINDOW_FRAMES + 1
+    for starts in (train, validation):
+        file_of_first = np.searchsorted(file_starts, starts, side="right")
+        file_of_last = np.searchsorted(file_starts, starts + span - 1, side="right")
+        assert (file_of_first == file_of_last).all()
+    assert set(train) & set(validation) == set()
+    # File 0: frames 90..99 held out -> validation windows start at 90..95.
+    assert [s for s in validation if s < 100] == list(range(90, 96))
+    assert [s for s in train if s < 100] == list(range(0, 86))  # slide one frame at a time
+    # File 2 (37 frames): at least `span` frames held out, training keeps the rest.
+    assert [s for s in validation if s >= 103] == list(range(135, 136))
+    assert len(train) == 86 + (135 - 103 - span + 1)
+
+
+def test_a_short_file_trains_without_validation(mc):
+    train, validation = mc.split_windows(np.array([0, 7]))
+    assert list(train) == [0, 1, 2] and len(validation) == 0
+
+
+def test_target_is_the_window_shifted_one_frame(mc):
+    frames = np.arange(20 * 3, dtype=np.float32).reshape(20, 3)
+    inputs, targets = mc.gather_windows(frames, np.array([7, 0, 3]))
+    assert inputs.shape == targets.shape == (3, mc.WINDOW_FRAMES, 3)
+    np.testing.assert_array_equal(inputs[0], frames[7:11])
+    np.testing.assert_array_equal(targets[0], frames[8:12])
+    np.testing.assert_array_equal(inputs[1], frames[0:4])
+    np.testing.assert_array_equal(targets[:, :-1], inputs[:, 1:])
+
+
+def test_batches_cover_every_window_once_and_reshuffle_each_epoch(mc):
+    frames = np.arange(50 * 2, dtype=np.float32).reshape(50, 2)
+    starts = np.arange(0, 40)
+    batches = mc.make_batches(frames, starts, 6, np.random.default_rng(0), shuffle=True)
+    assert len(batches) == 7
+
+    def window_starts_of_one_epoch():  # frame i is [2i, 2i + 1]
+        return [int(value) // 2 for index in range(len(batches))
+                for value in batches[index][0][:, 0, 0]]
+
+    first = window_starts_of_one_epoch()
+    assert sorted(first) == list(range(40))
+    batches.on_epoch_end()
+    second = window_starts_of_one_epoch()
+    assert sorted(second) == list(range(40)) and second != first
+
+
+def test_generation_loop_with_a_known_predictor(mc):
+    """predict_next adds 1: after a seed ending in s, the frames are s+1, s+2, ..."""
+    seen = []
+
+    def predict_next(frames):
+        seen.append(frames.copy())
+        return frames + 1.0
+
+    seeds = np.stack([np.full((4, 3), 10.0 * (piece + 1)) for piece in range(2)])
+    seeds[:, :, 0] += np.arange(4)  # mark each seed frame to check the order it is fed in
+    frames = np.stack(list(mc.generate(predict_next, seeds, 5)), axis=1)
+    assert frames.shape == (2, 5, 3)
+    np.testing.assert_array_equal(frames[0, :, 1], [11, 12, 13, 14, 15])
+    np.testing.assert_array_equal(frames[1, :, 1], [21, 22, 23, 24, 25])
+    for index in range(4):
+        np.testing.assert_array_equal(seen[index], seeds[:, index])
+    assert len(seen) == 4 + 5  # each frame is computed once
+
+
+def test_stateful_steps_match_the_full_model(mc):
+    model = mc.build_model(10, 6, 3)
+    rng = np.random.default_rng(0)
+    sequence = rng.normal(size=(3, 9, 10)).astype(np.float32)
+    full = model(sequence).numpy()
+    predict_next = mc.make_step_function(model, batch_size=3)
+    steps = np.stack([predict_next(sequence[:, t]) for t in range(9)], axis=1)
+    np.testing.assert_allclose(steps, full, atol=1e-5)
+
+
+def test_stateful_generation_matches_refeeding_the_growing_sequence(mc):
+    """The original re-ran the network over the whole sequence for each new frame; same result."""
+    model = mc.build_model(8, 5, 2)
+    seeds = np.random.default_rng(1).normal(size=(2, 4, 8)).astype(np.float32)
+    stateful = np.stack(list(mc.generate(mc.make_step_function(model, 2), seeds, 6)), axis=1)
+    sequence = seeds
+    for _ in range(6):
+        sequence = np.concatenate([sequence, model(sequence).numpy()[:, -1:]], axis=1)
+    np.testing.assert_allclose(stateful, sequence[:, 4:], atol=1e-4)
+
+
+def test_pcm16_clips_instead_of_wrapping(mc):
+    pcm = mc.to_pcm16(np.array([[0.0, 0.5, 1.0, 1.7, -1.0, -3.0]], np.float32))
+    assert pcm.dtype == np.dtype("<i2")
+    assert list(pcm[0]) == [0, 16384, 32767, 32767, -32767, -32767]
+
+
+def test_output_names_never_overwrite(mc, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for index in (0, 2):
+        (tmp_path / f"song-{index}.wav").write_bytes(b"keep me")
+    paths = mc.output_paths("song", 3)
+    assert [p.name for p in paths] == ["song-1.wav", "song-3.wav", "song-4.wav"]
+
+
+def test_wav_writers_leave_nothing_half_written(mc, tmp_path):
+    paths = [tmp_path / "a-0.wav", tmp_path / "a-1.wav"]
+    writers = mc.WavWriters(paths)
+    writers.write(np.zeros((2, 100), np.float32))
+    assert not any(p.exists() for p in paths)
+    writers.discard()
+    assert list(tmp_path.iterdir()) == []
+    writers = mc.WavWriters(paths)
+    for _ in range(3):
+        writers.write(np.full((2, 100), 0.25, np.float32))
+    writers.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-0.wav", "a-1.wav"]
+    with wave.open(str(paths[1])) as handle:
+        assert (handle.getframerate(), handle.getsampwidth(), handle.getnchannels()) == \
+            (44_100, 2, 1)
+        assert handle.getnframes() == 300
+
+
+def test_write_pieces_with_a_known_predictor(mc, tmp_path):
+    """A constant frame whose inverse FFT is a known block ends up, scaled, in every WAV."""
+    block = (0.5 * np.sin(2 * np.pi * 441 * np.arange(mc.BLOCK_SIZE) / 44_100)).astype(np.float32)
+    target = mc.frames_from_blocks(block[None])[0]
+    mean, std = np.zeros(mc.NUM_FEATURES, np.float32), np.ones(mc.NUM_FEATURES, np.float32)
+    paths = [tmp_path / "p-0.wav", tmp_path / "p-1.wav"]
+    mc.write_pieces(lambda frames: np.tile(target, (len(frames), 1)),
+                    np.zeros((2, 4, mc.NUM_FEATURES), np.float32), mean, std, 2, paths)
+    from scipy.io import wavfile
+    for path in paths:
+        rate, samples = wavfile.read(path)
+        assert rate == 44_100 and samples.dtype == np.int16 and len(samples) == 2 * 44_100
+        np.testing.assert_allclose(samples / 32767, np.tile(block, 8), atol=2e-4)
+
+
+def test_checkpoint_round_trip_and_refusal_of_a_foreign_file(mc, tmp_path):
+    model = mc.build_model(6, 4, 1)
+    metadata = {"version": mc.CHECKPOINT_VERSION, "hidden_neurons": 4, "hidden_layers": 1,
+                "epochs_done": 3, "history": []}
+    mean, std = np.arange(6, dtype=np.float32), np.ones(6, np.float32) * 2
+    path = tmp_path / "model.keras"
+    mc.save_checkpoint(path, model, metadata, mean, std)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]  # no temporary left
+    loaded_metadata, loaded_mean, loaded_std = mc.read_checkpoint_metadata(path)
+    assert loaded_metadata == metadata
+    np.testing.assert_array_equal(loaded_mean, mean)
+    np.testing.assert_array_equal(loaded_std, std)
+    loaded = mc.load_checkpoint_model(path)
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    foreign = tmp_path / "foreign.keras"
+    foreign.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(mc.UserError, match="foreign.keras"):
+        mc.read_checkpoint_metadata(foreign)
+    with pytest.raises(mc.UserError, match="-n 4 -l 1.*-n 8 -l 1"):
+        mc.check_checkpoint_shape(path, metadata, 8, 1)
+
+
+def test_nan_loss_writes_no_checkpoint(mc, tmp_path):
+    model = mc.build_model(6, 4, 1)
+    metadata = {"version": mc.CHECKPOINT_VERSION, "epochs_done": 2, "history": []}
+    good = tmp_path / mc.CHECKPOINT_NAME
+    good.write_bytes(b"the last good checkpoint")
+    callback = mc.make_checkpoint_callback(tmp_path, metadata, np.zeros(6), np.ones(6))
+    callback.set_model(model)
+    callback.on_train_batch_end(0, {"loss": math.nan})
+    callback.on_epoch_end(2, {"loss": math.nan, "val_loss": math.nan})
+    assert callback.diverged and model.stop_training
+    assert good.read_bytes() == b"the last good checkpoint"
+    assert metadata["epochs_done"] == 2
+    callback = mc.make_checkpoint_callback(tmp_path, metadata, np.zeros(6), np.ones(6))
+    callback.set_model(model)
+    callback.on_epoch_end(2, {"loss": 0.5, "val_loss": 0.6})
+    assert mc.read_checkpoint_metadata(good)[0]["epochs_done"] == 3
+    assert (tmp_path / mc.BEST_CHECKPOINT_NAME).exists()
