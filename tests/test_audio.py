@@ -128,6 +128,18 @@ def test_unreadable_file(mc, tmp_path):
         mc.read_wav(path)
 
 
+def test_permission_denied_is_reported_as_such(mc, tmp_path, monkeypatch):
+    """Root (as in CI) reads any file, so the refusal is simulated where SciPy opens it."""
+    path = write_int16(tmp_path / "locked.wav", SIGNAL)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(wavfile, "read", refuse)
+    with pytest.raises(mc.UnusableAudio, match="no permission to read it"):
+        mc.read_wav(path)
+
+
 def test_find_wav_files_any_case_sorted(mc, tmp_path):
     for name in ["b.WAV", "a.wav", "c.Wav", "notes.txt", "d.wav.bak"]:
         (tmp_path / name).write_bytes(b"")
