@@ -132,22 +132,26 @@ def read_wav(path):
     if not os.path.isfile(path):
         raise UnusableAudio("not a regular file" if os.path.exists(path) else "it disappeared")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SciPy warns about odd chunks it then reads fine
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             rate, data = wavfile.read(path)
     except PermissionError:
         raise UnusableAudio("no permission to read it") from None
     except MemoryError:
         raise UnusableAudio("too large to read into memory") from None
-    except Exception as error:  # SciPy's parser raises ValueError, struct.error, EOFError, ...
-        raise UnusableAudio(f"not a readable WAV file ({error or type(error).__name__})") from None
+    except ValueError as error:  # SciPy's own words: "Unknown wave file format: ADPCM", ...
+        raise UnusableAudio(f"not a readable WAV file ({error})") from None
+    except Exception:  # SciPy's parser trips over broken files in many other ways
+        raise UnusableAudio("not a readable WAV file (its structure is damaged or "
+                            "incomplete)") from None
     if rate <= 0:
         raise UnusableAudio(f"invalid sample rate {rate}")
     if data.size == 0:
         raise UnusableAudio("it holds no samples")
     audio = samples_to_float(data)
     audio = audio.mean(axis=1, dtype=np.float32) if audio.ndim == 2 else audio
-    return repair_samples(resample(audio, rate))
+    audio, notes = repair_samples(resample(audio, rate))
+    return audio, [f"SciPy: {warning.message}" for warning in caught] + notes
 
 
 def repair_samples(audio):
@@ -162,6 +166,8 @@ def repair_samples(audio):
     peak = float(np.max(np.abs(audio)))
     if peak > 1.0 + 1e-3:  # resampling alone may overshoot full scale by a hair
         notes.append(f"peak level {peak:.2f} is past full scale; clipped to [-1, 1]")
+    if peak == 0.0:
+        notes.append("it is silent")
     return np.clip(audio, -1.0, 1.0).astype(np.float32, copy=False), notes
 
 
@@ -442,7 +448,8 @@ def split_windows(file_starts, validation_fraction=VALIDATION_FRACTION):
     """Start indices of training and validation windows; no window crosses a file boundary.
 
     Each file's last tenth (at least WINDOW_FRAMES + 1 frames) is held out for validation,
-    when the file is long enough to keep a training window as well.
+    when the file is long enough to keep a training window as well. When no file is, the last
+    file that holds a window is held out whole instead.
     """
     span = WINDOW_FRAMES + 1  # frames one window touches, its target included
     train, validation = [], []
@@ -451,7 +458,12 @@ def split_windows(file_starts, validation_fraction=VALIDATION_FRACTION):
         split = end - held_out if end - start >= 2 * span else end
         train.append(np.arange(start, split - span + 1))
         validation.append(np.arange(split, end - span + 1))
-    return np.concatenate(train).astype(np.int64), np.concatenate(validation).astype(np.int64)
+    if not any(len(part) for part in validation):
+        with_windows = [index for index, part in enumerate(train) if len(part)]
+        if len(with_windows) >= 2:
+            validation[with_windows[-1]], train[with_windows[-1]] = train[with_windows[-1]], []
+    return (np.concatenate(train).astype(np.int64),
+            np.concatenate(validation).astype(np.int64))
 
 
 def gather_windows(frames, window_starts):
@@ -468,7 +480,8 @@ def minimum_music_message(file_starts):
     need = 2 * (WINDOW_FRAMES + 1) / FRAMES_PER_SECOND
     return (f"Too little music to train: found {seconds:.2f} s, but training and validation "
             f"together need at least {need:.1f} s in one file ({2 * (WINDOW_FRAMES + 1)} blocks "
-            f"of {BLOCK_SIZE / SAMPLE_RATE} s). Add longer .wav files.")
+            f"of {BLOCK_SIZE / SAMPLE_RATE} s), or two files of at least {need / 2:.2f} s. "
+            f"Add longer .wav files.")
 
 
 # -----------------------------------------------------------------------------
@@ -867,10 +880,12 @@ def summarise_outputs(paths, train_rms_db):
 
     say(f"Wrote {len(paths)} piece(s); training music level {train_rms_db:.1f} dB RMS.")
     for path in paths:
-        rate, samples = wavfile.read(path, mmap=True)
-        samples = np.asarray(samples, dtype=np.float32) / 32768.0
-        say(f"  {path}: {len(samples) / rate:.2f} s, first second {rms_db(samples[:rate]):.1f} dB, "
-            f"last second {rms_db(samples[-rate:]):.1f} dB")
+        rate, samples = wavfile.read(path, mmap=True)  # only the two seconds measured are read
+        first, last = (np.asarray(part, dtype=np.float32) / 32768.0
+                       for part in (samples[:rate], samples[-rate:]))
+        say(f"  {path}: {len(samples) / rate:.2f} s, first second {rms_db(first):.1f} dB, "
+            f"last second {rms_db(last):.1f} dB")
+        del samples
 
 
 def compose(model, cache, config, mean, std, train_rms_db, rng):
@@ -882,6 +897,131 @@ def compose(model, cache, config, mean, std, train_rms_db, rng):
     predict_next = make_step_function(model, config.num_pieces)
     write_pieces(predict_next, seeds, mean, std, config.seconds, paths)
     summarise_outputs(paths, train_rms_db)
+
+
+# -----------------------------------------------------------------------------
+# Before any work: the traindata folder's lock, and what the run will need of the machine
+
+
+class FolderLock:
+    """An exclusive lock on the traindata folder for the whole run, so two runs never write the
+    same cache or checkpoint. The kernel drops it when the process ends, however it ends, so a
+    killed run never leaves it stuck."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def __enter__(self):
+        import fcntl
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.folder / ".lock", "a+")
+        except OSError as error:
+            raise UserError(f"Cannot write in the traindata folder {self.folder} "
+                            f"({error.strerror}). Choose another with "
+                            f"-t/--traindata-folder-path.") from None
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            owner = self.handle.read().strip()
+            self.handle.close()
+            raise UserError(f"Another music-composer run (process {owner or 'unknown'}) is "
+                            f"using {self.folder}. Wait for it to finish, or give this run "
+                            f"another -t/--traindata-folder-path.") from None
+        self.handle.truncate(0)
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.handle.close()  # closing releases the lock
+
+
+def check_music_folder_is_left_alone(config):
+    """The music folder is only ever read: no cache, checkpoint or output may go inside it."""
+    music = config.dataset_dir.resolve()
+    for flag, path in [("-t/--traindata-folder-path", config.cache_dir),
+                       ("-o/--output-music-name", Path(config.output_name).parent)]:
+        if path.resolve() == music or music in path.resolve().parents:
+            raise UserError(f"{flag} points inside the music folder {config.dataset_dir}, which "
+                            f"this tool never writes into. Choose a place outside it.")
+
+
+def process_is_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process: leave its files alone
+    return True
+
+
+def remove_leftovers(cache_dir, output_name):
+    """Temporary files of runs that were killed: partial checkpoints in the (locked) traindata
+    folder, and partial WAVs whose writing process has gone."""
+    for path in Path(cache_dir).glob(".*.tmp-*"):
+        path.unlink(missing_ok=True)
+    output = Path(output_name)
+    for path in output.parent.glob(f".{output.name}-*.wav.partial-*"):
+        pid = path.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not process_is_alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def format_bytes(count):
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if count < 1000 or unit == "PB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+
+
+def training_memory_bytes(hidden_neurons, hidden_layers, batch_size):
+    """A floor on training memory: float32 weights, gradients and Adam's two moments, plus
+    the activations of one batch."""
+    parameters = count_parameters(NUM_FEATURES, hidden_neurons, hidden_layers)
+    per_window = (WINDOW_FRAMES + 1) * (8 * NUM_FEATURES + 12 * hidden_neurons * hidden_layers)
+    return 4 * (4 * parameters + batch_size * per_window)
+
+
+def generation_memory_bytes(hidden_neurons, hidden_layers, num_pieces):
+    parameters = count_parameters(NUM_FEATURES, hidden_neurons, hidden_layers)
+    per_piece = 8 * NUM_FEATURES + 4 * BLOCK_SIZE + 4 * hidden_neurons * hidden_layers
+    return 4 * (parameters + num_pieces * per_piece)
+
+
+def output_bytes(seconds, num_pieces):
+    return num_pieces * (44 + seconds * SAMPLE_RATE * 2)  # 16-bit mono WAV
+
+
+def check_resources(config, total_memory, free_disk):
+    """Refuse at once what could only fail hours later: too little memory or disk."""
+    if config.epochs > 0:
+        memory = training_memory_bytes(config.hidden_neurons, config.hidden_layers,
+                                       config.batch_size)
+        asked, advice = (f"-n {config.hidden_neurons} -l {config.hidden_layers} "
+                         f"-b {config.batch_size}"), "a smaller -n, -l or -b"
+    else:
+        memory = generation_memory_bytes(config.hidden_neurons, config.hidden_layers,
+                                         config.num_pieces)
+        asked, advice = f"-g {config.num_pieces}", "a smaller -g"
+    if total_memory is not None and memory > total_memory:
+        raise UserError(f"{asked} needs at least {format_bytes(memory)} of memory, but this "
+                        f"machine has {format_bytes(total_memory)}. Use {advice}.")
+    disk = output_bytes(config.seconds, config.num_pieces)
+    if disk > free_disk:
+        raise UserError(f"-s {config.seconds} -g {config.num_pieces} would write "
+                        f"{format_bytes(disk)} of WAV files, but only {format_bytes(free_disk)} "
+                        f"is free where they go. Ask for fewer or shorter pieces.")
+
+
+def machine_memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 # -----------------------------------------------------------------------------
@@ -905,6 +1045,13 @@ def non_negative_int(text):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def random_seed(text):
+    value = non_negative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
     return value
 
 
@@ -938,7 +1085,7 @@ def make_parser():
                           help="epochs to train in this run; 0 generates from the checkpoint")
     training.add_argument("-b", "--batch-size", default=10, type=positive_int,
                           help="training windows per batch")
-    training.add_argument("--random-seed", default=None, type=non_negative_int,
+    training.add_argument("--random-seed", default=None, type=random_seed,
                           help="make initialisation, shuffling and seeds repeatable (on a CPU)")
     generation = parser.add_argument_group("generation")
     generation.add_argument("-s", "--seconds-to-generate", default=10, type=positive_int,
@@ -978,13 +1125,23 @@ def find_checkpoint(config):
 def run(config):
     print_settings(config)
     check_dataset_folder(config.dataset_dir)
+    output_folder = Path(config.output_name).resolve().parent
+    if not output_folder.is_dir():
+        raise UserError(f"The output name {config.output_name!r} is in a folder that does not "
+                        f"exist. Create it first, or choose another -o/--output-music-name.")
+    check_music_folder_is_left_alone(config)
+    check_resources(config, machine_memory_bytes(), shutil.disk_usage(output_folder).free)
+    with FolderLock(config.cache_dir):
+        remove_leftovers(config.cache_dir, config.output_name)
+        compose_from_folder(config)
+
+
+def compose_from_folder(config):
+    """The whole job, once the traindata folder is ours."""
     checkpoint = find_checkpoint(config)
     if config.epochs == 0 and checkpoint is None:
         raise UserError(f"-e 0 generates from a trained model, but there is no checkpoint in "
                         f"{config.cache_dir}. Train first (leave out -e 0).")
-    if not Path(config.output_name).resolve().parent.is_dir():
-        raise UserError(f"The output name {config.output_name!r} is in a folder that does not "
-                        f"exist. Create it first, or choose another -o/--output-music-name.")
     cache = prepare_cache(config.dataset_dir, config.cache_dir)
     keras = import_keras()
     if config.random_seed is not None:

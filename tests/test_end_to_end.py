@@ -122,7 +122,7 @@ def test_too_little_music_says_how_much_is_needed(tmp_path):
     write_int16(music / "short.wav", tone(1.5))
     result = run_cli("-d", music, "-t", tmp_path / "cache", "-e", "1", *TINY, cwd=tmp_path)
     assert result.returncode == 1
-    assert "Too little music" in result.stderr and "2.5 s" in result.stderr
+    assert "Too little music" in result.stderr and "2.5 s in one file" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "cache" / "model.keras").exists()
 

@@ -58,6 +58,11 @@ def test_a_short_file_trains_without_validation(mc):
     assert list(train) == [0, 1, 2] and len(validation) == 0
 
 
+def test_short_files_only_hold_out_the_last_whole_file(mc):
+    train, validation = mc.split_windows(np.array([0, 6, 9, 16, 20]))  # 6, 3, 7, 4 frames
+    assert list(train) == [0, 1] and list(validation) == [9, 10, 11]
+
+
 def test_target_is_the_window_shifted_one_frame(mc):
     frames = np.arange(20 * 3, dtype=np.float32).reshape(20, 3)
     inputs, targets = mc.gather_windows(frames, np.array([7, 0, 3]))

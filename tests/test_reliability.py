@@ -1,0 +1,347 @@
+"""Bad input and faults: every odd file gets a known outcome, and nothing is ever lost."""
+
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from conftest import SCRIPT, load_script, melody, run_cli, tone, write_int16
+
+RATE = 44_100
+TINY = ["-n", "8", "-l", "1", "-b", "8"]
+
+
+def riff(fmt_tag, channels, rate, bits, data, chunks=b"", fmt_extra=b"", data_size=None):
+    """A WAV file built byte by byte, for the shapes SciPy cannot write."""
+    block_align = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * block_align, block_align, bits)
+    fmt += fmt_extra
+    size = len(data) if data_size is None else data_size
+    body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + chunks
+            + b"data" + struct.pack("<I", size) + data)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def pcm16(audio):
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def write_float(path, audio, dtype):
+    wavfile.write(path, RATE, np.asarray(audio, dtype=dtype))
+
+
+EXTENSIBLE_PCM = struct.pack("<HHI", 22, 16, 4) + bytes.fromhex("0100000000001000800000aa00389b71")
+SONG = tone(1.0, 440.0, amplitude=0.4)
+LOUD = tone(1.0, 440.0, amplitude=3.0)
+ROOT_USER = os.geteuid() == 0
+
+# name, how to make it, expected outcome, words the warning must hold ("" when none is expected)
+CORPUS = [
+    ("long-enough.wav", lambda p: write_int16(p, melody(4.0)), "used", ""),
+    ("zero-bytes.wav", lambda p: p.write_bytes(b""), "skipped", "not a readable WAV"),
+    ("text.wav", lambda p: p.write_text("just some text\n" * 20), "skipped", "not a readable WAV"),
+    ("riff-header-only.wav", lambda p: p.write_bytes(b"RIFF\x04\x00\x00\x00WAVE"), "skipped",
+     "damaged or incomplete"),
+    ("no-samples.wav", lambda p: p.write_bytes(riff(1, 1, RATE, 16, b"")), "skipped",
+     "no samples"),
+    ("truncated.wav", lambda p: p.write_bytes(riff(1, 1, RATE, 16, pcm16(SONG))[:40_000]),
+     "warned", "EOF prematurely"),
+    ("odd-chunk-padded.wav", lambda p: p.write_bytes(
+        riff(1, 1, RATE, 16, pcm16(SONG), chunks=b"LIST\x03\x00\x00\x00abc\x00")), "used", ""),
+    ("odd-chunk-unpadded.wav", lambda p: p.write_bytes(
+        riff(1, 1, RATE, 16, pcm16(SONG), chunks=b"LIST\x03\x00\x00\x00abc")), "skipped",
+     "damaged or incomplete"),
+    ("extensible.wav", lambda p: p.write_bytes(
+        riff(0xFFFE, 1, RATE, 16, pcm16(SONG), fmt_extra=EXTENSIBLE_PCM)), "used", ""),
+    ("8-bit.wav", lambda p: wavfile.write(p, RATE, (SONG * 127 + 128).astype(np.uint8)), "used", ""),
+    ("24-bit.wav", lambda p: p.write_bytes(riff(1, 1, RATE, 24, b"".join(
+        int(v).to_bytes(3, "little", signed=True) for v in (SONG * 8388607).astype(int)))),
+     "used", ""),
+    ("32-bit-int.wav", lambda p: wavfile.write(p, RATE, (SONG * 2**31 * 0.99).astype(np.int32)),
+     "used", ""),
+    ("float32-loud.wav", lambda p: write_float(p, LOUD, np.float32), "warned", "clipped"),
+    ("float64-loud.wav", lambda p: write_float(p, LOUD, np.float64), "warned", "clipped"),
+    ("float-nan.wav", lambda p: write_float(p, np.where(np.arange(RATE) % 100 == 0, np.nan, SONG),
+                                            np.float32), "warned", "NaN or infinite"),
+    ("float-inf.wav", lambda p: write_float(p, np.where(np.arange(RATE) == 5, np.inf, SONG),
+                                            np.float32), "warned", "NaN or infinite"),
+    ("float-all-nan.wav", lambda p: write_float(p, np.full(RATE, np.nan), np.float32), "skipped",
+     "every sample is NaN"),
+    ("one-sample.wav", lambda p: wavfile.write(p, RATE, np.array([1000], np.int16)), "used", ""),
+    ("under-one-block.wav", lambda p: write_int16(p, SONG[:5000]), "used", ""),
+    ("exactly-one-block.wav", lambda p: write_int16(p, SONG[:11_025]), "used", ""),
+    ("six-channels.wav", lambda p: wavfile.write(p, RATE, np.stack([SONG] * 6, axis=1)), "used", ""),
+    ("8-khz.wav", lambda p: write_int16(p, tone(1.0, 440.0, rate=8000), rate=8000), "used", ""),
+    ("96-khz.wav", lambda p: write_int16(p, tone(1.0, 440.0, rate=96_000), rate=96_000), "used", ""),
+    ("192-khz.wav", lambda p: write_int16(p, tone(1.0, 440.0, rate=192_000), rate=192_000), "used",
+     ""),
+    ("silent.wav", lambda p: write_int16(p, np.zeros(RATE)), "warned", "it is silent"),
+    ("dc-offset.wav", lambda p: write_int16(p, np.full(RATE, 0.3)), "used", ""),
+    ("a-folder.wav", lambda p: p.mkdir(), "skipped", "not a regular file"),
+    ("broken-link.wav", lambda p: p.symlink_to(p.with_name("nowhere-at-all.wav")), "skipped",
+     "broken link"),
+    ("no-permission.wav", lambda p: (write_int16(p, SONG), p.chmod(0)),
+     "used" if ROOT_USER else "skipped", "" if ROOT_USER else "no permission"),
+    ("Café del Mar – ñandú 01.wav", lambda p: write_int16(p, SONG), "used", ""),
+    ("SHOUTING.WAV", lambda p: write_int16(p, SONG), "used", ""),
+    ("adpcm.wav", lambda p: p.write_bytes(riff(2, 1, RATE, 4, bytes(4000))), "skipped", "ADPCM"),
+    ("mu-law.wav", lambda p: p.write_bytes(riff(7, 1, RATE, 8, bytes(4000))), "skipped",
+     "Unknown wave file format"),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus") / "music"
+    folder.mkdir()
+    for name, make, _, _ in CORPUS:
+        make(folder / name)
+    return folder
+
+
+def test_the_corpus_is_large_enough():
+    assert len(CORPUS) >= 25
+    assert {outcome for _, _, outcome, _ in CORPUS} == {"used", "warned", "skipped"}
+
+
+def test_every_odd_input_has_its_expected_outcome(mc, corpus, tmp_path, capsys):
+    cache = mc.prepare_cache(corpus, tmp_path / "cache")
+    err = capsys.readouterr().err
+    for name, _, outcome, words in CORPUS:
+        lines = [line for line in err.splitlines() if f"/{name}:" in line]
+        if outcome == "skipped":
+            assert name not in cache.file_names, name
+            assert len(lines) == 1 and "skipping" in lines[0] and words in lines[0], (name, lines)
+        else:
+            assert name in cache.file_names, name
+            if outcome == "used":
+                assert lines == [], (name, lines)
+            else:
+                assert lines and all("skipping" not in line for line in lines), (name, lines)
+                assert any(words in line for line in lines), (name, lines)
+    assert "Traceback" not in err
+    assert np.isfinite(cache.frames).all()
+
+
+def test_the_corpus_through_the_command_line(corpus, tmp_path):
+    before = sorted(os.listdir(corpus))
+    result = run_cli("-d", corpus, "-t", tmp_path / "cache", "-e", "1", "-g", "1", "-s", "1",
+                     *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    skipped = sum(outcome == "skipped" for _, _, outcome, _ in CORPUS)
+    assert result.stderr.count("warning: skipping") == skipped
+    assert sorted(os.listdir(corpus)) == before
+
+
+def test_a_folder_of_only_bad_files_gives_one_clear_message(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    for name, make, outcome, _ in CORPUS:
+        if outcome == "skipped" and name != "no-permission.wav":
+            make(music / name)
+    result = run_cli("-d", music, "-t", tmp_path / "cache", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("error:") == 1
+    assert "none usable" in result.stderr and "Copy some .wav files" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache" / "cache.json").exists()
+
+
+# --- flags and paths --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flag", ["-n", "-l", "-e", "-b", "-s", "-g", "--random-seed"])
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "abc", "1e3", "99999999999999999999999"])
+def test_nonsense_values_for_every_flag(tmp_path, flag, value):
+    allowed = {("-e", "0"), ("--random-seed", "0"), ("-n", "99999999999999999999999"),
+               ("-l", "99999999999999999999999"), ("-e", "99999999999999999999999"),
+               ("-b", "99999999999999999999999"), ("-s", "99999999999999999999999"),
+               ("-g", "99999999999999999999999")}
+    if (flag, value) in allowed:
+        pytest.skip("a valid number: the huge ones are refused by the resource checks below")
+    result = run_cli(flag, value, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert flag in result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def music(tmp_path):
+    folder = tmp_path / "music"
+    folder.mkdir()
+    write_int16(folder / "a.wav", melody(4.0))
+    return folder
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["-s", "10000000"], r"would write \d+\.\d TB of WAV files, but only .* is free"),
+    (["-s", "99999999999999999999999"], r"would write .* of WAV files, but only"),
+    (["-n", "10000000"], r"needs at least \d+\.\d PB of memory, but this machine has"),
+    (["-l", "100000"], r"needs at least .* of memory"),
+    (["-b", "1000000000"], r"needs at least .* of memory.*-b"),
+    (["-e", "0", "-g", "10000000"], r"-g 10000000 needs at least .* of memory"),
+])
+def test_huge_values_are_refused_up_front_with_the_figure(music, tmp_path, flags, words):
+    result = run_cli("-d", music, "-t", tmp_path / "cache", *flags, cwd=tmp_path)
+    assert result.returncode == 1
+    assert re.search(words, result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "cache").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("case", ["output folder missing", "traindata under a file",
+                                  "traindata inside the music", "output inside the music"])
+def test_bad_paths_are_refused_with_nothing_written(music, tmp_path, case):
+    (tmp_path / "a-file").write_text("x")
+    flags = {"output folder missing": ["-o", tmp_path / "no" / "such" / "song"],
+             "traindata under a file": ["-t", tmp_path / "a-file" / "cache"],
+             "traindata inside the music": ["-t", music / "cache"],
+             "output inside the music": ["-o", music / "song"]}[case]
+    words = {"output folder missing": "folder that does not exist",
+             "traindata under a file": "Cannot write in the traindata folder",
+             "traindata inside the music": "never writes into",
+             "output inside the music": "never writes into"}[case]
+    result = run_cli("-d", music, *(["-t", tmp_path / "cache"] if "-t" not in flags else []),
+                     *flags, *TINY, cwd=tmp_path)
+    assert result.returncode == 1
+    assert words in result.stderr and "Traceback" not in result.stderr
+    assert sorted(os.listdir(music)) == ["a.wav"]
+    assert not (tmp_path / "cache" / "cache.json").exists()
+
+
+@pytest.mark.skipif(ROOT_USER, reason="root writes into read-only folders")
+def test_read_only_traindata_folder(music, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o500)
+    result = run_cli("-d", music, "-t", cache, *TINY, cwd=tmp_path)
+    assert result.returncode == 1 and "Cannot write in the traindata folder" in result.stderr
+
+
+# --- faults ---------------------------------------------------------------------------------
+
+
+def test_sigint_during_preprocessing_stops_cleanly(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    for index in range(30):
+        write_int16(music / f"{index:02d}.wav", melody(4.0, seed=index))
+    cache = tmp_path / "cache"
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "-d", music, "-t", cache, *TINY],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.monotonic() + 60
+    while not list(cache.glob("*.partial-*")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Stopped by Ctrl-C" in stderr and "Traceback" not in stderr
+    assert not list(cache.glob("frames-*")) and not (cache / "cache.json").exists()
+
+
+@pytest.mark.parametrize("change", ["rewrite", "delete"])
+def test_music_changed_while_preprocessing_reads_it(mc, tmp_path, monkeypatch, change):
+    music = tmp_path / "music"
+    music.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        write_int16(music / name, melody(2.0))
+    read_wav = mc.read_wav
+
+    def read_then_change(path):
+        result = read_wav(path)
+        if path.name == "a.wav":  # the user edits c.wav while a.wav is being read
+            if change == "rewrite":
+                write_int16(music / "c.wav", tone(3.0))
+            else:
+                (music / "c.wav").unlink()
+        return result
+
+    monkeypatch.setattr(mc, "read_wav", read_then_change)
+    with pytest.raises(mc.UserError, match="changed while it was being read"):
+        mc.prepare_cache(music, tmp_path / "cache")
+    assert not (tmp_path / "cache" / "cache.json").exists()
+    assert not list((tmp_path / "cache").glob("frames-*"))
+
+
+def test_a_second_run_on_the_same_folder_is_refused(mc, music, tmp_path):
+    with mc.FolderLock(tmp_path / "cache"):
+        result = run_cli("-d", music, "-t", tmp_path / "cache", *TINY, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"Another music-composer run (process {os.getpid()})" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_killed_run_does_not_leave_the_lock_stuck(mc, music, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"import runpy, time; m = runpy.run_path({str(SCRIPT)!r}); "
+         f"lock = m['FolderLock']({str(tmp_path / 'cache')!r}).__enter__(); print('held', "
+         f"flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with mc.FolderLock(tmp_path / "cache"):  # would raise UserError if still held
+        pass
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign zip"])
+def test_a_damaged_checkpoint_is_named_and_left_untouched(mc, music, tmp_path, damage):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    checkpoint = cache / mc.CHECKPOINT_NAME
+    if damage == "garbage":
+        checkpoint.write_bytes(b"not a model at all")
+    else:
+        model = mc.build_model(mc.NUM_FEATURES, 8, 1)
+        if damage == "foreign zip":
+            model.save(checkpoint)  # a plain Keras file, without this tool's metadata
+        else:
+            metadata = {"version": mc.CHECKPOINT_VERSION, "hidden_neurons": 8, "hidden_layers": 1}
+            mc.save_checkpoint(checkpoint, model, metadata, np.zeros(3), np.ones(3))
+            checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    before = checkpoint.read_bytes()
+    for epochs in ("1", "0"):
+        result = run_cli("-d", music, "-t", cache, "-e", epochs, *TINY, cwd=tmp_path)
+        assert result.returncode == 1, result.stdout
+        assert str(checkpoint) in result.stderr and "left untouched" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert checkpoint.read_bytes() == before
+
+
+def test_models_load_in_safe_mode(mc, tmp_path):
+    """A model file that carries code (a Lambda layer) is refused rather than run."""
+    keras = mc.import_keras()
+    inputs = keras.Input((None, 4))
+    outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
+    path = tmp_path / "model.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(mc.UserError, match="model.keras"):
+        mc.load_checkpoint_model(path)
+
+
+def peak_rss_mb(args, cwd):
+    process = subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read()
+    return usage.ru_maxrss / 1024
+
+
+def test_long_generation_streams_to_disk(music, tmp_path):
+    """Held in memory, 10 pieces of 900 s would add 1.6 GB of float32 over 10 pieces of 60 s."""
+    common = ["-d", music, "-t", tmp_path / "cache", *TINY]
+    assert run_cli(*common, "-e", "1", "-g", "1", "-s", "1", cwd=tmp_path).returncode == 0
+    short = peak_rss_mb([*common, "-e", "0", "-g", "10", "-s", "60", "-o", "short"], tmp_path)
+    long = peak_rss_mb([*common, "-e", "0", "-g", "10", "-s", "900", "-o", "long"], tmp_path)
+    assert (tmp_path / "long-9.wav").stat().st_size == 44 + 900 * RATE * 2
+    assert long < short * 1.2, (short, long)
+    for path in tmp_path.glob("long-*.wav"):
+        path.unlink()  # 800 MB: give the disk back now
