@@ -94,19 +94,24 @@ def find_wav_files(dataset_dir):
     return sorted(entries, key=lambda p: p.name)
 
 
-def samples_to_float(data):
-    """Integer or float PCM samples -> float32, integers scaled to [-1, 1)."""
+FULL_SCALE = {np.dtype(np.uint8): 128.0, np.dtype(np.int16): 32768.0,
+              np.dtype(np.int32): 2.0**31,  # SciPy returns 24-bit samples left-aligned in int32
+              np.dtype(np.int64): 2.0**63, np.dtype(np.float32): 1.0, np.dtype(np.float64): 1.0}
+
+
+def mono_float32(data):
+    """PCM samples (samples,) or (samples, channels) of any SciPy dtype -> mono float32 with
+    full scale at 1.0. Channels are averaged by one matrix-vector product, which also scales."""
+    if data.dtype not in FULL_SCALE:
+        raise UnusableAudio(f"unsupported sample type {data.dtype}")
+    wide = data.dtype in (np.int32, np.int64, np.float64)  # keep their precision until scaled
+    samples = data.astype(np.float64 if wide else np.float32)
     if data.dtype == np.uint8:  # 8-bit WAV is unsigned, centred on 128
-        return (data.astype(np.float32) - 128.0) / 128.0
-    if data.dtype == np.int16:
-        return data.astype(np.float32) / 32768.0
-    if data.dtype == np.int32:  # SciPy returns 24-bit samples left-aligned in int32
-        return (data.astype(np.float64) / 2147483648.0).astype(np.float32)
-    if data.dtype == np.int64:
-        return (data.astype(np.float64) / 9223372036854775808.0).astype(np.float32)
-    if data.dtype in (np.float32, np.float64):
-        return data.astype(np.float32)
-    raise UnusableAudio(f"unsupported sample type {data.dtype}")
+        samples -= 128.0
+    channels = 1 if data.ndim == 1 else data.shape[1]
+    weights = np.full(channels, 1.0 / (channels * FULL_SCALE[data.dtype]), samples.dtype)
+    mono = samples * weights[0] if data.ndim == 1 else samples @ weights
+    return mono.astype(np.float32, copy=False)
 
 
 def resample(audio, rate):
@@ -148,9 +153,7 @@ def read_wav(path):
         raise UnusableAudio(f"invalid sample rate {rate}")
     if data.size == 0:
         raise UnusableAudio("it holds no samples")
-    audio = samples_to_float(data)
-    audio = audio.mean(axis=1, dtype=np.float32) if audio.ndim == 2 else audio
-    audio, notes = repair_samples(resample(audio, rate))
+    audio, notes = repair_samples(resample(mono_float32(data), rate))
     return audio, [f"SciPy: {warning.message}" for warning in caught] + notes
 
 
@@ -187,7 +190,7 @@ def frames_from_blocks(blocks):
     """(n, BLOCK_SIZE) float32 -> (n, NUM_FEATURES) float32: real parts, then imaginary parts."""
     from scipy import fft
 
-    spectrum = fft.rfft(blocks, axis=-1)  # complex64 for float32 input
+    spectrum = fft.rfft(blocks, axis=-1, workers=-1)  # complex64 for float32 input
     return np.concatenate([spectrum.real, spectrum.imag], axis=-1).astype(np.float32)
 
 
@@ -197,7 +200,7 @@ def blocks_from_frames(frames, block_size=BLOCK_SIZE):
 
     num_bins = frames.shape[-1] // 2
     spectrum = frames[..., :num_bins] + 1j * frames[..., num_bins:]
-    return fft.irfft(spectrum, n=block_size, axis=-1).astype(np.float32)
+    return fft.irfft(spectrum, n=block_size, axis=-1, workers=-1).astype(np.float32)
 
 
 def normalise(frames, mean, std):
@@ -217,9 +220,13 @@ class RunningStats:
         self.m2 = np.zeros(num_features)  # sum of squared deviations from the mean
 
     def add(self, frames):
-        batch = frames.astype(np.float64)
-        count, mean = len(batch), batch.mean(axis=0)
-        m2 = ((batch - mean) ** 2).sum(axis=0)
+        """Merge one batch (one file's frames); its own sums run in float32 through BLAS."""
+        count = len(frames)
+        ones = np.ones(count, np.float32)
+        mean32 = (ones @ frames) / np.float32(count)
+        centred = frames - mean32
+        m2 = (ones @ (centred * centred)).astype(np.float64)
+        mean = mean32.astype(np.float64)
         total = self.count + count
         delta = mean - self.mean
         self.mean = self.mean + delta * count / total
@@ -310,14 +317,32 @@ def fsync_dir(path):
         os.close(handle)
 
 
-def write_raw_frames(wav_paths, raw_path):
-    """Pass 1: read each file, append its un-normalised frames to raw_path, gather statistics.
+NPY_HEADER_BYTES = 128  # what NumPy writes for a 2-D float32 array of any realistic shape
+
+
+def npy_header(num_frames):
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (num_frames, NUM_FEATURES)})
+    if len(buffer.getvalue()) != NPY_HEADER_BYTES:
+        raise ValueError(f"unexpected .npy header size for {num_frames} frames")
+    return buffer.getvalue()
+
+
+def write_raw_frames(wav_paths, npy_path):
+    """Pass 1: read each file and append its un-normalised frames behind a placeholder .npy
+    header, gathering the statistics on the way.
 
     Streams file by file, so memory stays near the size of the largest single file.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     stats, file_starts, used, skipped = RunningStats(NUM_FEATURES), [0], [], []
     sum_squares, num_samples = 0.0, 0
-    with open(raw_path, "wb") as raw:
+    # One writer thread: a file's frames go to disk while the next file is read and transformed.
+    with open(npy_path, "wb") as raw, ThreadPoolExecutor(max_workers=1) as writer:
+        raw.write(bytes(NPY_HEADER_BYTES))
+        pending = writer.submit(lambda: None)
         for path in wav_paths:
             try:
                 audio, notes = read_wav(path)
@@ -328,25 +353,34 @@ def write_raw_frames(wav_paths, raw_path):
             for note in notes:
                 warn(f"{path}: {note}")
             frames = frames_from_blocks(blocks_from_audio(audio))
-            raw.write(frames.tobytes())
+            pending.result()  # at most one file's frames wait in memory
+            pending = writer.submit(raw.write, frames)
             stats.add(frames)
             sum_squares += float(np.dot(audio, audio))
             num_samples += len(audio)
             file_starts.append(file_starts[-1] + len(frames))
             used.append((path.name, len(audio) / SAMPLE_RATE))
+        pending.result()
     rms_db = 10 * math.log10(max(sum_squares / max(num_samples, 1), 1e-20))
     return stats, np.array(file_starts, dtype=np.int64), used, skipped, rms_db
 
 
-def normalise_into_npy(raw_path, npy_path, num_frames, mean, std, chunk_frames=256):
-    """Pass 2: raw float32 frames -> normalised frames in an .npy file, a chunk at a time."""
-    raw = np.memmap(raw_path, dtype=np.float32, mode="r", shape=(num_frames, NUM_FEATURES))
-    out = np.lib.format.open_memmap(npy_path, mode="w+", dtype=np.float32,
-                                    shape=(num_frames, NUM_FEATURES))
-    for start in range(0, num_frames, chunk_frames):
-        out[start : start + chunk_frames] = normalise(raw[start : start + chunk_frames], mean, std)
-    out.flush()
-    del out, raw
+def normalise_npy_in_place(npy_path, num_frames, mean, std, chunk_frames=256):
+    """Pass 2: write the real header, then normalise the frames in place a chunk at a time.
+
+    Plain reads and writes rather than a memory map, so resident memory stays one chunk."""
+    chunk = np.empty((chunk_frames, NUM_FEATURES), np.float32)
+    with open(npy_path, "r+b") as handle:
+        handle.write(npy_header(num_frames))
+        for start in range(0, num_frames, chunk_frames):
+            rows = min(chunk_frames, num_frames - start)
+            offset = NPY_HEADER_BYTES + start * NUM_FEATURES * 4
+            handle.seek(offset)
+            handle.readinto(memoryview(chunk[:rows]).cast("B"))
+            handle.seek(offset)
+            handle.write(normalise(chunk[:rows], mean, std).tobytes())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint):
@@ -358,15 +392,15 @@ def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint):
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        stats, file_starts, used, skipped, rms_db = write_raw_frames(wav_paths, partial / "raw")
+        stats, file_starts, used, skipped, rms_db = write_raw_frames(wav_paths,
+                                                                     partial / "frames.npy")
         if not used:
             raise UserError(no_music_message(dataset_dir, wav_paths, skipped))
         if dataset_fingerprint(find_wav_files(dataset_dir)) != fingerprint:
             raise UserError(f"The music in {dataset_dir} changed while it was being read; "
                             f"the cache was not saved. Run again once the folder is settled.")
         mean, std = stats.mean_and_std()
-        normalise_into_npy(partial / "raw", partial / "frames.npy", int(file_starts[-1]), mean, std)
-        (partial / "raw").unlink()
+        normalise_npy_in_place(partial / "frames.npy", int(file_starts[-1]), mean, std)
         for name, array in [("file_starts", file_starts), ("mean", mean), ("std", std)]:
             write_npy(partial / f"{name}.npy", array)
         fsync_dir(partial)

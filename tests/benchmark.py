@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,22 +81,45 @@ def help_seconds(repeats=5):
 
 
 def prep_x_realtime(tool, music, work, minutes, repeats):
+    """Each repetition rebuilds the cache from scratch, as a run does when the music changed;
+    the previous repetition's cache is deleted first, as the tool deletes a stale one."""
+    cache = work / "prep-speed"
+
     def build():
-        cache = work / f"prep-{time.perf_counter_ns()}"
+        shutil.rmtree(cache, ignore_errors=True)
         paths = tool.find_wav_files(music)
         tool.build_cache(music, cache, paths, tool.dataset_fingerprint(paths))
+
     warm_page_cache(music)
     return minutes * 60 / median_time(build, repeats)
 
 
+PEAK_RSS_CODE = """
+import runpy, sys
+try:
+    {body}
+finally:
+    status = open("/proc/self/status").read()
+    peak_kb = int(status.split("VmHWM:")[1].split()[0])
+    print("PEAK_RSS_KB", peak_kb, file=sys.stderr)
+"""
+
+
+def peak_rss_mb(body, cwd=None):
+    """Peak resident memory of `body` run in a fresh process, read from its own VmHWM.
+
+    (ru_maxrss from wait4 will not do: Linux carries the parent's peak over into the child.)"""
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS_CODE.format(body=body)], cwd=cwd,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    return int(result.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024
+
+
 def prep_peak_rss_mb(music, work):
-    """Peak resident memory of preprocessing alone, in a fresh process."""
-    code = (f"import runpy, sys; m = runpy.run_path({str(SCRIPT)!r}); "
-            f"m['prepare_cache']({str(music)!r}, {str(work / ('rss-' + music.name))!r})")
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return usage.ru_maxrss / 1024
+    cache = work / f"rss-{music.name}"
+    return peak_rss_mb(f"runpy.run_path({str(SCRIPT)!r})['prepare_cache']({str(music)!r}, "
+                       f"{str(cache)!r})")
 
 
 def matmul_gflops(size=2048, repeats=10):

@@ -53,3 +53,25 @@ def run_cli(*args, cwd, timeout=300, env=None):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+PEAK_RSS_WRAPPER = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+finally:
+    status = open("/proc/self/status").read()
+    print("PEAK_RSS_KB", status.split("VmHWM:")[1].split()[0], file=sys.stderr)
+"""
+
+
+def peak_rss_mb_of_cli(*args, cwd):
+    """Run the command line and return its own peak resident memory (VmHWM), in MB.
+
+    ru_maxrss from wait4 would not do: Linux carries a parent's peak over into its child, and
+    the test process holds TensorFlow."""
+    result = subprocess.run([sys.executable, "-c", PEAK_RSS_WRAPPER, str(SCRIPT), *map(str, args)],
+                            cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert "Traceback" not in result.stderr, result.stderr
+    return int(result.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024

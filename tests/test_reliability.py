@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from conftest import SCRIPT, load_script, melody, run_cli, tone, write_int16
+from conftest import SCRIPT, melody, peak_rss_mb_of_cli, run_cli, tone, write_int16
 
 RATE = 44_100
 TINY = ["-n", "8", "-l", "1", "-b", "8"]
@@ -327,20 +327,15 @@ def test_models_load_in_safe_mode(mc, tmp_path):
         mc.load_checkpoint_model(path)
 
 
-def peak_rss_mb(args, cwd):
-    process = subprocess.Popen([sys.executable, str(SCRIPT), *map(str, args)], cwd=cwd,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, process.stderr.read()
-    return usage.ru_maxrss / 1024
-
-
 def test_long_generation_streams_to_disk(music, tmp_path):
     """Held in memory, 10 pieces of 900 s would add 1.6 GB of float32 over 10 pieces of 60 s."""
     common = ["-d", music, "-t", tmp_path / "cache", *TINY]
     assert run_cli(*common, "-e", "1", "-g", "1", "-s", "1", cwd=tmp_path).returncode == 0
-    short = peak_rss_mb([*common, "-e", "0", "-g", "10", "-s", "60", "-o", "short"], tmp_path)
-    long = peak_rss_mb([*common, "-e", "0", "-g", "10", "-s", "900", "-o", "long"], tmp_path)
+    short = peak_rss_mb_of_cli(*common, "-e", "0", "-g", "10", "-s", "60", "-o", "short",
+                               cwd=tmp_path)
+    long = peak_rss_mb_of_cli(*common, "-e", "0", "-g", "10", "-s", "900", "-o", "long",
+                              cwd=tmp_path)
+    print(f"peak RSS: -s 60 {short:.0f} MB, -s 900 {long:.0f} MB")
     assert (tmp_path / "long-9.wav").stat().st_size == 44 + 900 * RATE * 2
     assert long < short * 1.2, (short, long)
     for path in tmp_path.glob("long-*.wav"):
