@@ -122,7 +122,7 @@ def prep_peak_rss_mb(music, work):
                        f"{str(cache)!r})")
 
 
-def matmul_gflops(size=2048, repeats=10):
+def matmul_gflops(size=2048, repeats=7):
     import tensorflow as tf
 
     a = tf.random.normal((size, size))
@@ -135,3 +135,187 @@ def matmul_gflops(size=2048, repeats=10):
     multiply().numpy()
     seconds = median_time(lambda: multiply().numpy(), repeats)
     return 2 * size**3 / seconds / 1e9
+
+
+class BatchTimes:
+    """Wall time of each training step, from a Keras callback."""
+
+    def __init__(self, keras):
+        outer = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                outer.stamps.append(time.perf_counter())
+
+        self.stamps, self.callback = [], Callback()
+
+    def median_step_seconds(self, warm_up):
+        return statistics.median(np.diff(self.stamps[warm_up:]))
+
+
+def train_throughput(tool, cache, neurons, layers, batch_size, blocks, steps, warm_up=5):
+    """Training frames per second and MFU with the tool's own model, batches and fit.
+
+    After warm-up, `blocks` blocks of `steps` steps, each right after a matmul-peak block: the
+    MFU of each block is its own throughput over the peak measured next to it, and the median
+    of those is reported, so that a machine whose speed drifts still gives a fair ratio."""
+    keras = tool.import_keras()
+    model = tool.build_model(tool.NUM_FEATURES, neurons, layers)
+    train_starts, _ = tool.split_windows(cache.file_starts)
+    batches = tool.make_batches(cache.frames, train_starts, batch_size,
+                                np.random.default_rng(0), shuffle=True)
+    model.fit(batches, epochs=1, steps_per_epoch=warm_up, verbose=0)
+    frames_per_step = batch_size * tool.WINDOW_FRAMES
+    flops_per_frame = 6 * model.count_params()
+    rates, peaks, utilisations = [], [], []
+    for _ in range(blocks):
+        peaks.append(matmul_gflops())
+        times = BatchTimes(keras)
+        model.fit(batches, epochs=1, steps_per_epoch=steps + 1, verbose=0,
+                  callbacks=[times.callback])
+        rates.append(frames_per_step / times.median_step_seconds(0))
+        utilisations.append(rates[-1] * flops_per_frame / (peaks[-1] * 1e9))
+    return (statistics.median(rates), statistics.median(peaks), statistics.median(utilisations),
+            model)
+
+
+def generation_seconds(tool, model, cache, pieces, seconds, repeats, work):
+    """Wall time of the tool's generation (stateful step, WAVs written), after the step function
+    is compiled once, as training is timed after warm-up. Returns (median seconds, compile s)."""
+    rng = np.random.default_rng(0)
+    seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, rng)
+    step = tool.compile_step(model)
+    started = time.perf_counter()
+    tool.make_step_function(model, pieces, step)(seeds[:, 0])  # traces and compiles
+    compile_seconds = time.perf_counter() - started
+
+    def generate():
+        paths = [work / f"gen-{index}.wav" for index in range(pieces)]
+        for path in paths:
+            path.unlink(missing_ok=True)
+        predict_next = tool.make_step_function(model, pieces, step)  # fresh states
+        tool.write_pieces(predict_next, seeds, cache.mean, cache.std, seconds, paths)
+
+    return median_time(generate, repeats), compile_seconds
+
+
+def refeed_seconds(tool, model, cache, pieces, seconds):
+    """The original tool's way: for every new frame, run the network over the whole sequence
+    so far (seed included) and keep its last output frame."""
+    import tensorflow as tf
+
+    # Eager calls take every sequence length as it comes (a traced function would be traced
+    # anew for each length); at this network size the per-call overhead is small.
+    tool.use_fastest_lstm_kernel(model, on_gpu=True)  # a loop: the sequence length changes
+    seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, np.random.default_rng(0))
+    num_frames = int(seconds * tool.FRAMES_PER_SECOND)
+    model(tf.constant(seeds), training=False)
+    started = time.perf_counter()
+    sequence = seeds
+    for _ in range(num_frames):
+        next_frame = model(tf.constant(sequence), training=False)[:, -1].numpy()
+        tool.blocks_from_frames(tool.denormalise(next_frame, cache.mean, cache.std))
+        sequence = np.concatenate([sequence, next_frame[:, None]], axis=1)
+    elapsed = time.perf_counter() - started
+    tool.use_fastest_lstm_kernel(model, on_gpu=False)
+    return elapsed
+
+
+def train_peak_rss_mb(music, work, neurons, layers, batch_size, steps):
+    """Peak resident memory of training at this size on this music, in a fresh process: the
+    tool's cache, batches and fit, for `steps` steps (memory is flat after the first few)."""
+    body = (f"tool = runpy.run_path({str(SCRIPT)!r}); "
+            f"cache = tool['prepare_cache']({str(music)!r}, {str(work / ('rss-' + music.name))!r}); "
+            f"model = tool['build_model'](tool['NUM_FEATURES'], {neurons}, {layers}); "
+            f"import numpy as np; starts, _ = tool['split_windows'](cache.file_starts); "
+            f"batches = tool['make_batches'](cache.frames, starts, {batch_size}, "
+            f"np.random.default_rng(0), shuffle=True); "
+            f"model.fit(batches, epochs=1, steps_per_epoch={steps}, verbose=0)")
+    return peak_rss_mb(body)
+
+
+# -----------------------------------------------------------------------------
+# The run
+
+
+def measure(sizes, work):
+    tool = load_tool()
+    results = {"help_s": help_seconds()}
+    print(f"help: {results['help_s']:.3f} s", flush=True)
+
+    music10 = write_music(work / "music-10min", sizes["minutes"])
+    music60 = write_music(work / "music-60min", sizes["minutes_long"])
+    results["prep_x_realtime"] = prep_x_realtime(tool, music10, work, sizes["minutes"], 5)
+    results["prep_peak_rss_mb_10min"] = prep_peak_rss_mb(music10, work)
+    results["prep_peak_rss_mb_60min"] = prep_peak_rss_mb(music60, work)
+    print(f"preprocessing: {results['prep_x_realtime']:.0f}x realtime, peak RSS "
+          f"{results['prep_peak_rss_mb_10min']:.0f} / {results['prep_peak_rss_mb_60min']:.0f} MB",
+          flush=True)
+
+    cache = tool.prepare_cache(music10, work / "cache-10min")
+    tool.import_keras()  # TensorFlow, imported the tool's way (quietly)
+    neurons, layers, batch = sizes["neurons"], sizes["layers"], sizes["batch"]
+    fps, gflops, mfu, model = train_throughput(tool, cache, neurons, layers, batch,
+                                               sizes["train_blocks"], sizes["train_steps"])
+    results["matmul_gflops"] = gflops
+    results["train_frames_per_s"] = fps
+    results["params"] = model.count_params()
+    results["train_mfu"] = mfu
+    print(f"training: {fps:.1f} frames/s, MFU {results['train_mfu']:.3f} "
+          f"(matmul peak {results['matmul_gflops']:.0f} GFLOP/s)", flush=True)
+
+    pieces, seconds = sizes["pieces"], sizes["seconds"]
+    stateful, results["gen_compile_s"] = generation_seconds(tool, model, cache, pieces, seconds,
+                                                           5, work)
+    refeed = refeed_seconds(tool, model, cache, pieces, seconds)
+    results["gen_x_realtime"] = pieces * seconds / stateful
+    results["gen_speedup_vs_refeed"] = refeed / stateful
+    print(f"generation: {results['gen_x_realtime']:.0f}x realtime, "
+          f"{results['gen_speedup_vs_refeed']:.1f}x faster than re-feeding", flush=True)
+
+    results["train_peak_rss_mb_60min"] = train_peak_rss_mb(music60, work, neurons, layers, batch,
+                                                           sizes["rss_steps"])
+    print(f"training peak RSS on {sizes['minutes_long']} min: "
+          f"{results['train_peak_rss_mb_60min']:.0f} MB", flush=True)
+    return results
+
+
+DEFAULT_SIZES = {"minutes": 10, "minutes_long": 60, "neurons": 1024, "layers": 4, "batch": 10,
+                 "train_blocks": 7, "train_steps": 12, "rss_steps": 30, "pieces": 10,
+                 "seconds": 10}
+QUICK_SIZES = {"minutes": 2, "minutes_long": 6, "neurons": 64, "layers": 2, "batch": 10,
+               "train_blocks": 3, "train_steps": 5, "rss_steps": 5, "pieces": 4, "seconds": 2}
+TARGETS = {"help_s": ("<", 0.5), "prep_x_realtime": (">=", 1500),
+           "prep_peak_rss_mb_60min": ("<=", 500), "train_mfu": (">=", 0.30),
+           "gen_x_realtime": (">=", 100), "gen_speedup_vs_refeed": (">=", 10)}
+
+
+def print_table(results, sizes):
+    print(f"\n{'key':<28} {'value':>12}  target")
+    for key, value in results.items():
+        operator, target = TARGETS.get(key, ("", ""))
+        print(f"{key:<28} {value:>12.3f}  {operator} {target}")
+    ratio = results["prep_peak_rss_mb_60min"] / results["prep_peak_rss_mb_10min"]
+    print(f"{'prep RSS 60 min / 10 min':<28} {ratio:>12.3f}  <= 1.2")
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"sizes: {sizes}")
+    print("train_mfu counts 6 x parameters FLOPs per training frame (forward 2, backward 4).")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    args = parser.parse_args()
+    sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
+    with tempfile.TemporaryDirectory(prefix="music-composer-bench-") as folder:
+        started = time.perf_counter()
+        results = measure(sizes, Path(folder))
+        results["benchmark_s"] = time.perf_counter() - started
+    print_table(results, sizes)
+    if args.json:
+        print(json.dumps({key: round(value, 4) for key, value in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

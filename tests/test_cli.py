@@ -11,14 +11,42 @@ FLAGS = {"-n": "--hidden-layer-neurons", "-l": "--hidden-layer-count", "-e": "--
          "-b": "--batch-size", "-s": "--seconds-to-generate", "-g": "--generated-music-num"}
 
 
+def parse(mc, argv):
+    parser = mc.make_parser()
+    return mc.config_from_args(parser.parse_args(argv), parser)
+
+
 def test_defaults_match_the_original_tool(mc):
-    config = mc.config_from_args(mc.make_parser().parse_args([]))
+    config = parse(mc, [])
     assert str(config.dataset_dir) == "input_music_dataset"
     assert str(config.cache_dir) == "train_data"
     assert config.output_name == "output"
     assert (config.hidden_neurons, config.hidden_layers, config.epochs) == (1024, 4, 20)
     assert (config.batch_size, config.seconds, config.num_pieces) == (10, 10, 10)
     assert config.random_seed is None
+
+
+def test_demo_uses_smaller_settings_unless_flags_are_given(mc):
+    demo = parse(mc, ["--demo"])
+    assert (demo.hidden_neurons, demo.hidden_layers, demo.epochs, demo.num_pieces) == (256, 2, 40, 3)
+    assert demo.dataset_dir == mc.Path("music-composer-demo/music")
+    assert "input_music_dataset" not in str(demo.dataset_dir)
+    assert demo.cache_dir == mc.Path("music-composer-demo/train_data")
+    chosen = parse(mc, ["--demo", "-n", "32", "-e", "2", "-t", "mine"])
+    assert (chosen.hidden_neurons, chosen.hidden_layers, chosen.epochs) == (32, 2, 2)
+    assert chosen.cache_dir == mc.Path("mine")
+
+
+def test_demo_refuses_a_music_folder(mc, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(mc, ["--demo", "-d", "my-music"])
+    assert exit_info.value.code == 2 and "leave out -d" in capsys.readouterr().err
+
+
+def test_seed_wavs_make_one_piece_each(mc):
+    config = parse(mc, ["--seed-wav", "a.wav", "b.wav", "-g", "7"])
+    assert config.seed_wavs == (mc.Path("a.wav"), mc.Path("b.wav")) and config.num_pieces == 2
+    assert parse(mc, ["--no-plots"]).plots is False and parse(mc, []).plots is True
 
 
 def test_short_and_long_flags_are_the_same(mc):
@@ -33,9 +61,8 @@ def test_short_and_long_flags_are_the_same(mc):
 
 
 def test_trailing_slash_is_optional(mc):
-    parser = mc.make_parser()
-    with_slash = mc.config_from_args(parser.parse_args(["-d", "music/", "-t", "cache/"]))
-    without = mc.config_from_args(parser.parse_args(["-d", "music", "-t", "cache"]))
+    with_slash = parse(mc, ["-d", "music/", "-t", "cache/"])
+    without = parse(mc, ["-d", "music", "-t", "cache"])
     assert with_slash.dataset_dir == without.dataset_dir
     assert with_slash.cache_dir == without.cache_dir
 
@@ -68,10 +95,11 @@ def test_bad_flag_through_the_command_line_has_no_traceback(tmp_path):
 def test_help_lists_every_flag_with_its_default(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for flag in ["-d", "-t", "-o", *FLAGS, "--random-seed"]:
-        assert f"{flag} " in result.stdout or f"{flag}," in result.stdout
-    assert "default: input_music_dataset/" in result.stdout
-    assert "default: 1024" in result.stdout
+    text = " ".join(result.stdout.split())  # argparse wraps lines where it likes
+    for flag in ["-d", "-t", "-o", *FLAGS, "--random-seed", "--seed-wav", "--demo", "--no-plots"]:
+        assert f"{flag} " in text or f"{flag}," in text
+    for default in ["input_music_dataset/", "train_data/", "output", "1024", "4", "20", "10"]:
+        assert f"(default: {default}" in text
 
 
 def modules_after(argv, cwd):
@@ -97,6 +125,7 @@ def test_first_run_creates_the_folder_and_says_what_to_do(tmp_path):
     assert result.returncode == 1
     assert (tmp_path / "input_music_dataset").is_dir()
     assert "Copy your music" in result.stderr and "input_music_dataset" in result.stderr
+    assert "--demo" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "train_data").exists()
 

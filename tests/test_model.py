@@ -27,13 +27,61 @@ def test_parameter_formula_matches_keras_on_small_models(mc):
 def test_network_shape(mc):
     model = mc.build_model(12, 7, 2)
     names = [layer.__class__.__name__ for layer in model.layers]
-    assert names == ["InputLayer", "TimeDistributed", "LSTM", "LSTM", "TimeDistributed"]
-    assert model.get_layer("project_in").layer.units == 7
+    assert names == ["InputLayer", "Dense", "LSTM", "LSTM", "Dense"]
+    assert model.get_layer("project_in").units == 7
     lstm = model.get_layer("lstm_0")
     # The settings TensorFlow needs to pick the cuDNN kernel on a GPU.
     assert (lstm.activation.__name__, lstm.recurrent_activation.__name__) == ("tanh", "sigmoid")
-    assert lstm.recurrent_dropout == 0 and lstm.use_bias and not lstm.unroll
+    assert lstm.recurrent_dropout == 0 and lstm.use_bias and lstm.use_cudnn == "auto"
+    mc.use_fastest_lstm_kernel(model, on_gpu=True)
+    assert not any(layer.unroll for layer in model.layers if layer.name.startswith("lstm_"))
+    mc.use_fastest_lstm_kernel(model, on_gpu=False)
+    assert all(layer.unroll for layer in model.layers if layer.name.startswith("lstm_"))
     assert model(np.zeros((3, 5, 12), np.float32)).shape == (3, 5, 12)
+
+
+def test_dense_on_sequences_is_time_distributed_dense(mc):
+    keras = mc.import_keras()
+    dense = keras.layers.Dense(5)
+    x = np.random.default_rng(6).normal(size=(3, 4, 9)).astype(np.float32)
+    plain = dense(x).numpy()
+    distributed = keras.layers.TimeDistributed(dense)(x).numpy()  # the same weights
+    np.testing.assert_allclose(plain, distributed, rtol=1e-6, atol=1e-6)
+    for t in range(4):  # each time step on its own
+        np.testing.assert_allclose(plain[:, t], dense(x[:, t]).numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_unrolled_lstm_computes_the_same_as_the_loop(mc):
+    import tensorflow as tf
+    model = mc.build_model(9, 6, 2)
+    x = np.random.default_rng(3).normal(size=(4, 4, 9)).astype(np.float32)
+    y = np.random.default_rng(4).normal(size=(4, 4, 9)).astype(np.float32)
+
+    def output_and_gradients(on_gpu):
+        mc.use_fastest_lstm_kernel(model, on_gpu)
+        with tf.GradientTape() as tape:
+            out = model(x, training=True)
+            loss = tf.reduce_mean((out - y) ** 2)
+        return [out.numpy()] + [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+    for looped, unrolled in zip(output_and_gradients(True), output_and_gradients(False)):
+        np.testing.assert_allclose(unrolled, looped, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adam_matches_keras_adam(mc):
+    keras = mc.import_keras()
+    fused_class = keras.saving.get_registered_object("music_composer>FusedAdam")
+    rng = np.random.default_rng(5)
+    start = rng.normal(size=(7, 3)).astype(np.float32)
+    stock, fused = keras.Variable(start), keras.Variable(start)
+    stock_adam = keras.optimizers.Adam(learning_rate=0.01, clipnorm=1.0)
+    fused_adam = fused_class(learning_rate=0.01, clipnorm=1.0)
+    for step in range(20):  # every other gradient is large enough to be clipped
+        gradient = rng.normal(size=(7, 3)).astype(np.float32) * (5.0 if step % 2 else 0.1)
+        stock_adam.apply([gradient], [stock])
+        fused_adam.apply([gradient], [fused])
+    assert not np.allclose(stock.numpy(), start, atol=0.05)  # the weights really moved
+    np.testing.assert_allclose(fused.numpy(), stock.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_windows_never_cross_files_and_hold_out_the_last_tenth(mc):
@@ -217,3 +265,14 @@ def test_nan_loss_writes_no_checkpoint(mc, tmp_path):
     callback.on_epoch_end(2, {"loss": 0.5, "val_loss": 0.6})
     assert mc.read_checkpoint_metadata(good)[0]["epochs_done"] == 3
     assert (tmp_path / mc.BEST_CHECKPOINT_NAME).exists()
+
+
+def test_a_compiled_step_is_reused_with_fresh_states(mc):
+    model = mc.build_model(8, 5, 2)
+    step = mc.compile_step(model)
+    frames = np.random.default_rng(2).normal(size=(3, 6, 8)).astype(np.float32)
+    first = mc.make_step_function(model, 3, step)
+    first_output = first(frames[:, 0])
+    assert not np.allclose(first(frames[:, 0]), first_output, atol=1e-6)  # states moved on
+    again = mc.make_step_function(model, 3, step)  # must start from zero states again
+    np.testing.assert_allclose(again(frames[:, 0]), first_output, atol=1e-6)

@@ -1,0 +1,22 @@
+"""A smoke run of the benchmark at small sizes: it runs and reports every key. (Its figures at the
+default sizes are in the README; timings are not asserted here, since the machines are noisy.)"""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+KEYS = ["help_s", "prep_x_realtime", "prep_peak_rss_mb_10min", "prep_peak_rss_mb_60min",
+        "matmul_gflops", "train_frames_per_s", "train_mfu", "gen_x_realtime",
+        "gen_speedup_vs_refeed", "params"]
+
+
+def test_benchmark_quick_run_reports_every_key():
+    result = subprocess.run([sys.executable, str(ROOT / "tests" / "benchmark.py"), "--quick",
+                             "--json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in KEYS:
+        assert figures[key] > 0, key
+    assert figures["params"] == 1_488_466  # -n 64 -l 2, by the same formula as the default
