@@ -57,15 +57,17 @@ CHECKPOINT_METADATA = "music_composer.json"  # our entry inside the .keras zip
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """Every setting of a run, resolved from the flags and DEFAULTS (or DEMO_DEFAULTS) below."""
+
     dataset_dir: Path  # folder of the user's WAV files; read, never written
     cache_dir: Path  # preprocessed frames and the model checkpoints
     output_name: str  # generated files are OUTPUT_NAME-0.wav, OUTPUT_NAME-1.wav, ...
-    hidden_neurons: int = 1024  # LSTM units in each layer, >= 1
-    hidden_layers: int = 4  # stacked LSTM layers, >= 1
-    epochs: int = 20  # epochs to train in this run, >= 0 (0: generate only)
-    batch_size: int = 10  # training windows per batch, >= 1
-    seconds: int = 10  # length of each generated piece in seconds, >= 1
-    num_pieces: int = 10  # pieces to generate, >= 1 (with --seed-wav: one per seed file)
+    hidden_neurons: int  # LSTM units in each layer, >= 1
+    hidden_layers: int  # stacked LSTM layers, >= 1
+    epochs: int  # epochs to train in this run, >= 0 (0: generate only)
+    batch_size: int  # training windows per batch, >= 1
+    seconds: int  # length of each generated piece in seconds, >= 1
+    num_pieces: int  # pieces to generate, >= 1 (with --seed-wav: one per seed file)
     random_seed: int | None = None  # makes a CPU run repeatable; None: fresh randomness
     seed_wavs: tuple = ()  # WAV files whose last second seeds a piece each; () = training clips
     plots: bool = True  # loss curve after training, a spectrogram per piece

@@ -3,6 +3,8 @@
 After every kill: a cache that a run would trust is complete and correct, the checkpoint loads,
 every WAV under a final name is whole, and the next run completes. CI runs this test too;
 `python3 -m pytest -m kill_loop -s` runs it alone and prints where the kills landed.
+Three quarters of the kills come at random delays over a whole run; the other quarter at
+random moments of preprocessing, which is too short here to hit by timing alone.
 """
 
 import os
@@ -67,14 +69,23 @@ def test_sigkill_at_random_moments_loses_nothing(mc, tmp_path):
     whole_run = time.monotonic() - started
 
     rng = np.random.default_rng(2026)
-    early = rng.uniform(0.15, 0.8, NUM_KILLS // 4)  # preprocessing is over in well under 1 s
-    delays = np.concatenate([early, rng.uniform(0.8, whole_run, NUM_KILLS - len(early))])
+    # Preprocessing lasts some 50 ms here, too short to hit by timing alone: a quarter of the
+    # kills wait for its temporary folder to appear, then strike 0 to 30 ms later.
+    early = [("during preprocessing", delay) for delay in rng.uniform(0, 0.03, NUM_KILLS // 4)]
+    timed = [("from the start", delay)
+             for delay in rng.uniform(0.3, whole_run, NUM_KILLS - len(early))]
+    moments = [*early, *timed]
     landed = {}
-    for index, delay in enumerate(rng.permutation(delays)):
+    for index in rng.permutation(len(moments)):
+        counted_from, delay = moments[index]
         os.utime(music / f"{index % 12:02d}.wav")  # new mtime: the cache must be rebuilt
         log_path = tmp_path / f"kill-{index}.log"
         with open(log_path, "w") as log:
             process = start(music, cache, cwd, log)
+            if counted_from == "during preprocessing":
+                deadline = time.monotonic() + 60
+                while not list(cache.glob("*.partial-*")) and time.monotonic() < deadline:
+                    time.sleep(0.0005)
             time.sleep(delay)
             process.send_signal(signal.SIGKILL)
             process.wait()
