@@ -1008,12 +1008,12 @@ def read_seed_wavs(paths):
 
 
 def output_paths(output_name, count):
-    """NAME-i.wav for the first `count` numbers whose .wav and .png are both free: nothing is
-    overwritten."""
+    """NAME-i.wav for the first `count` numbers whose .wav, .png and .json are all free:
+    nothing is overwritten."""
     paths, index = [], 0
     while len(paths) < count:
         path = Path(f"{output_name}-{index}.wav")
-        if not os.path.lexists(path) and not os.path.lexists(path.with_suffix(".png")):
+        if not any(os.path.lexists(path.with_suffix(suffix)) for suffix in (".wav", ".png", ".json")):
             paths.append(path)
         index += 1
     return paths
@@ -1090,17 +1090,221 @@ def write_pieces(predict_next, seeds, mean, std, seconds, paths, prefixes=None):
         raise
 
 
-def summarise_outputs(paths, train_rms_db):
-    from scipy.io import wavfile
+# -----------------------------------------------------------------------------
+# Measuring the sound: level, clicks, spectral distance and movement (NumPy and SciPy only)
 
-    say(f"Wrote {len(paths)} piece(s); training music level {train_rms_db:.1f} dB RMS.")
-    for path in paths:
-        rate, samples = wavfile.read(path, mmap=True)  # only the two seconds measured are read
-        first, last = (np.asarray(part, dtype=np.float32) / 32768.0
-                       for part in (samples[:rate], samples[-rate:]))
-        say(f"  {path}: {len(samples) / rate:.2f} s, first second {rms_db(first):.1f} dB, "
-            f"last second {rms_db(last):.1f} dB")
-        del samples
+MEL_BANDS = 64
+MEL_WINDOW = 2048  # samples per log-mel frame
+MEL_HOP = 1024
+MEL_FLOOR = 1e-4  # power floor: about 16-bit quantisation noise, 94 dB below a full-scale sine
+
+
+def mel_filterbank(num_bands=MEL_BANDS, window=MEL_WINDOW, rate=SAMPLE_RATE):
+    """(num_bands, window // 2 + 1) triangular filters evenly spaced on the mel scale."""
+    def mel(hz):
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+
+    edges_hz = 700.0 * (10 ** (np.linspace(0, mel(rate / 2), num_bands + 2) / 2595.0) - 1.0)
+    bins = np.fft.rfftfreq(window, 1.0 / rate)
+    rising = (bins[None, :] - edges_hz[:-2, None]) / (edges_hz[1:-1] - edges_hz[:-2])[:, None]
+    falling = (edges_hz[2:, None] - bins[None, :]) / (edges_hz[2:] - edges_hz[1:-1])[:, None]
+    return np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+
+
+def log_mel_frames(audio, filters):
+    """(samples,) -> (frames, MEL_BANDS) log-mel power in dB, Hann windows of MEL_WINDOW."""
+    if len(audio) < MEL_WINDOW:
+        audio = np.pad(audio, (0, MEL_WINDOW - len(audio)))
+    count = 1 + (len(audio) - MEL_WINDOW) // MEL_HOP
+    windows = np.lib.stride_tricks.sliding_window_view(audio, MEL_WINDOW)[::MEL_HOP][:count]
+    power = np.abs(np.fft.rfft(windows * np.hanning(MEL_WINDOW).astype(np.float32))) ** 2
+    return 10 * np.log10(np.maximum(power @ filters.T, MEL_FLOOR))
+
+
+MEL_FRAMES_PER_SECOND = round(SAMPLE_RATE / MEL_HOP)  # 43 frames make one "second"
+
+
+def log_mel_stream(read_samples, num_samples, filters, chunk_frames=1024):
+    """Log-mel frames of a signal of any length, a chunk at a time, so memory stays flat.
+
+    read_samples(start, stop) returns float samples; chunks start at multiples of MEL_HOP and
+    overlap by MEL_WINDOW - MEL_HOP, so the frames are exactly those of the whole signal."""
+    chunk = chunk_frames * MEL_HOP
+    for start in range(0, max(num_samples - MEL_WINDOW, 0) + 1, chunk):
+        yield log_mel_frames(read_samples(start, min(start + chunk + MEL_WINDOW - MEL_HOP,
+                                                     num_samples)), filters)
+
+
+class LogMelStats:
+    """Mean and covariance of log-mel frames, and each second's average spectrum, gathered
+    chunk by chunk."""
+
+    def __init__(self):
+        self.count, self.total = 0, np.zeros(MEL_BANDS)
+        self.products = np.zeros((MEL_BANDS, MEL_BANDS))
+        self.pending, self.seconds = np.empty((0, MEL_BANDS)), []
+
+    def add(self, log_mel):
+        frames = log_mel.astype(np.float64)
+        self.count += len(frames)
+        self.total += frames.sum(axis=0)
+        self.products += frames.T @ frames
+        pending = np.concatenate([self.pending, frames])
+        whole = len(pending) // MEL_FRAMES_PER_SECOND * MEL_FRAMES_PER_SECOND
+        self.seconds.append(pending[:whole].reshape(-1, MEL_FRAMES_PER_SECOND, MEL_BANDS)
+                            .mean(axis=1))
+        self.pending = pending[whole:]
+        return self
+
+    def mean_and_cov(self):
+        mean = self.total / self.count
+        cov = (self.products - self.count * np.outer(mean, mean)) / max(self.count - 1, 1)
+        return mean, cov
+
+    def second_means(self):
+        return np.concatenate(self.seconds) if self.seconds else np.empty((0, MEL_BANDS))
+
+
+def log_mel_stats(read_samples, num_samples, filters):
+    stats = LogMelStats()
+    for log_mel in log_mel_stream(read_samples, num_samples, filters):
+        stats.add(log_mel)
+    return stats
+
+
+def movement_of(second_means):
+    """How much the one-second-averaged spectrum changes: its standard deviation over time,
+    averaged over the bands. Near 0 for noise, silence or a held chord."""
+    return float(second_means.std(axis=0).mean()) if len(second_means) >= 2 else 0.0
+
+
+def click_ratio(samples, block_size=BLOCK_SIZE, neighbours=4):
+    """Mean absolute sample-to-sample jump at block boundaries over the mean jump elsewhere:
+    1.0 when the joins are as smooth as the rest, far above 1 when every join clicks.
+
+    "Elsewhere" is the `neighbours` jumps on either side of each boundary, where the waveform
+    moves as it does at the boundary: a held chord then scores 1.01 whatever its phase there
+    (against the whole piece's mean, a 10 s chord scored 1.34 from phase alone). Only the
+    samples around the boundaries are read."""
+    boundaries = np.arange(block_size, len(samples) - neighbours, block_size)
+    if len(boundaries) == 0:
+        return math.nan
+    around = np.stack([np.asarray(samples[boundary - neighbours - 1 : boundary + neighbours + 1],
+                                  np.float64) for boundary in boundaries])
+    jumps = np.abs(np.diff(around, axis=1))  # column j: the jump from sample j to j + 1
+    at_boundary = jumps[:, neighbours]
+    beside = np.delete(jumps, neighbours, axis=1).mean()
+    return float(at_boundary.mean() / beside) if beside > 0 else math.nan
+
+
+def frechet_distance(mean_a, cov_a, mean_b, cov_b):
+    """Between two Gaussians fitted to log-mel frames (as in the Frechet audio distance)."""
+    from scipy.linalg import sqrtm
+
+    ridge = 1e-6 * np.eye(len(cov_a))  # bands without variance (silence) stay well posed
+    cov_a, cov_b = cov_a + ridge, cov_b + ridge
+    root = sqrtm(cov_a @ cov_b)
+    root = root.real if np.iscomplexobj(root) else root
+    return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
+
+
+@dataclasses.dataclass
+class MusicReference:
+    """What a piece is measured against: figures of the training music."""
+
+    rms_db: float
+    mel_mean: np.ndarray  # (MEL_BANDS,)
+    mel_cov: np.ndarray  # (MEL_BANDS, MEL_BANDS)
+    second_means: list  # per file: (seconds, MEL_BANDS) one-second-averaged log-mel
+
+    def movement(self, seconds):
+        """The training music's movement in pieces of `seconds` (whole files when shorter)."""
+        figures = [movement_of(means[start : start + seconds])
+                   for means in self.second_means
+                   for start in range(0, max(len(means) - seconds, 0) + 1, seconds)
+                   if len(means[start : start + seconds]) >= 2]
+        return float(np.mean(figures)) if figures else math.nan
+
+
+def music_reference(cache, rms_db_of_music):
+    """Log-mel statistics of the training music, rebuilt chunk by chunk from the cached frames
+    (lossless: the inverse FFT returns the audio to float32 precision)."""
+    filters, total, second_means = mel_filterbank(), LogMelStats(), []
+    for start, end in zip(cache.file_starts[:-1], cache.file_starts[1:]):
+        def read_samples(first, stop, start=start):  # samples [first, stop) of this file
+            blocks = np.asarray(cache.frames[start + first // BLOCK_SIZE :
+                                             start + -(-stop // BLOCK_SIZE)])
+            audio = blocks_from_frames(denormalise(blocks, cache.mean, cache.std)).ravel()
+            offset = first - first // BLOCK_SIZE * BLOCK_SIZE
+            return audio[offset : offset + stop - first]
+
+        file_stats = LogMelStats()
+        for log_mel in log_mel_stream(read_samples, (end - start) * BLOCK_SIZE, filters):
+            file_stats.add(log_mel)
+            total.add(log_mel)
+        second_means.append(file_stats.second_means())
+    mean, cov = total.mean_and_cov()
+    return MusicReference(rms_db_of_music, mean, cov, second_means)
+
+
+def measure_piece(samples, reference, scale=1.0):
+    """The quality figures of one piece against the music. samples: anything sliceable (an
+    array, or a memory-mapped WAV), scale: what turns them into [-1, 1] floats."""
+    def read_samples(start, stop):
+        return np.asarray(samples[start:stop], np.float32) * np.float32(scale)
+
+    stats = log_mel_stats(read_samples, len(samples), mel_filterbank())
+    mel_mean, mel_cov = stats.mean_and_cov()
+    reference_movement = reference.movement(len(samples) // SAMPLE_RATE)
+    movement = movement_of(stats.second_means())
+    return {"seconds": len(samples) / SAMPLE_RATE,
+            "first_second_db": rms_db(read_samples(0, SAMPLE_RATE)),
+            "last_second_db": rms_db(read_samples(max(len(samples) - SAMPLE_RATE, 0),
+                                                  len(samples))),
+            "music_db": reference.rms_db,
+            "clicks": click_ratio(samples),
+            "spectral_distance": frechet_distance(mel_mean, mel_cov, reference.mel_mean,
+                                                  reference.mel_cov),
+            "movement": movement / reference_movement if reference_movement > 0 else math.nan}
+
+
+class WavSamples:
+    """A 16-bit mono WAV of our own, read on demand: len() and slices, like an array, but
+    without keeping the file in memory (a memory map's pages would count while mapped)."""
+
+    def __init__(self, path, skip_samples=0):
+        import wave
+
+        self.handle = wave.open(str(path), "rb")
+        self.skip = skip_samples
+        self.length = max(self.handle.getnframes() - skip_samples, 0)
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):  # slices only, step 1
+        start, stop, _ = index.indices(self.length)
+        self.handle.setpos(self.skip + start)
+        return np.frombuffer(self.handle.readframes(max(stop - start, 0)), "<i2")
+
+    def close(self):
+        self.handle.close()
+
+
+def report_quality(paths, reference, skip_seconds):
+    """Print each piece's figures and write them beside it as NAME-i.json. Only what the
+    network wrote is measured: a --seed-wav prefix is skipped."""
+    say(f"Quality against the training music ({reference.rms_db:.1f} dB RMS): level of the "
+        f"first and last second, clicks (1.0 = none), spectral distance (lower is closer), "
+        f"movement (about 1 for music, near 0 for noise or a held chord).")
+    for path, skip in zip(paths, skip_seconds):
+        samples = WavSamples(path, int(skip * SAMPLE_RATE))  # read a chunk at a time
+        figures = measure_piece(samples, reference, scale=1 / 32768)
+        samples.close()
+        write_json_atomically(path.with_suffix(".json"), {"file": path.name, **figures})
+        say(f"  {path}: {figures['seconds']:.2f} s | level {figures['first_second_db']:.1f} -> "
+            f"{figures['last_second_db']:.1f} dB | clicks {figures['clicks']:.2f} | "
+            f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f}")
 
 
 def compose(model, cache, config, mean, std, train_rms_db, rng, seed_wavs=None):
@@ -1119,10 +1323,12 @@ def compose(model, cache, config, mean, std, train_rms_db, rng, seed_wavs=None):
     predict_next = make_step_function(model, len(raw_seeds))
     write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, config.seconds, paths,
                  prefixes)
-    summarise_outputs(paths, train_rms_db)
+    say(f"Wrote {len(paths)} piece(s).")
+    seed_ends = [0.0 if prefix is None else len(prefix) / SAMPLE_RATE
+                 for prefix in prefixes or [None] * len(paths)]
+    report_quality(paths, music_reference(cache, train_rms_db), seed_ends)
     if config.plots:
-        for path, prefix in zip(paths, prefixes or [None] * len(paths)):
-            seed_end = 0.0 if prefix is None else len(prefix) / SAMPLE_RATE
+        for path, seed_end in zip(paths, seed_ends):
             say(f"Spectrogram: {plot_spectrogram(path, path.with_suffix('.png'), seed_end)}")
 
 
@@ -1187,11 +1393,9 @@ def spectrogram_columns(samples, rate, max_columns=1000, window_size=2048, hop=5
 def plot_spectrogram(wav_path, png_path, seed_end_seconds):
     """Log-frequency spectrogram in dB (2048-sample Hann windows), with a line where the seed
     ends and the network's music begins."""
-    from scipy.io import wavfile
-
-    rate, samples = wavfile.read(wav_path, mmap=True)
-    times, frequencies, decibels = spectrogram_columns(samples, rate)
-    del samples
+    samples = WavSamples(wav_path)  # only the windows drawn are read
+    times, frequencies, decibels = spectrogram_columns(samples, SAMPLE_RATE)
+    samples.close()
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(8, 4))
     loudest = float(decibels.max())
@@ -1270,10 +1474,12 @@ def remove_leftovers(cache_dir, output_name):
     folder, and partial WAVs whose writing process has gone."""
     for path in Path(cache_dir).glob(".*.tmp-*"):
         path.unlink(missing_ok=True)
+    import re
+
     output = Path(output_name)
-    for path in output.parent.glob(f".{output.name}-*.wav.partial-*"):
-        pid = path.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not process_is_alive(int(pid)):
+    for path in output.parent.glob(f".{output.name}-*"):  # WAV, picture and report temporaries
+        match = re.search(r"\.(?:partial|tmp)-(\d+)(?:\.png)?$", path.name)
+        if match and not process_is_alive(int(match.group(1))):
             path.unlink(missing_ok=True)
 
 

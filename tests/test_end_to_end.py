@@ -1,5 +1,6 @@
 """The whole job through the real command line, on synthetic music with a tiny network."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -45,7 +46,11 @@ def test_first_run_trains_checkpoints_and_writes_pieces(trained):
     assert (root / "cache" / "model-best.keras").exists()
     for index in range(2):
         assert_good_piece(root / f"output-{index}.wav", 3)
-        assert f"output-{index}.wav: 3.00 s, first second" in result.stdout
+        assert f"output-{index}.wav: 3.00 s | level" in result.stdout
+        report = json.loads((root / f"output-{index}.json").read_text())
+        assert report["file"] == f"output-{index}.wav" and report["seconds"] == 3.0
+        assert {"first_second_db", "last_second_db", "music_db", "clicks", "spectral_distance",
+                "movement"} <= set(report)
     assert "Traceback" not in result.stderr
 
 

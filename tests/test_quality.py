@@ -1,0 +1,137 @@
+"""The quality measures, pinned on signals whose answers are known."""
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import melody, tone
+
+RATE = 44_100
+
+
+def held_chord(seconds):
+    t = np.arange(int(seconds * RATE)) / RATE
+    return sum(0.2 * np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0)).astype(np.float32)
+
+
+def white_noise(seconds, seed=0):
+    return (0.2 * np.random.default_rng(seed).standard_normal(int(seconds * RATE))).astype(
+        np.float32)
+
+
+def reference_of(mc, audio):
+    """The training-music reference of one signal, the way the tool builds it (via frames)."""
+    frames = mc.frames_from_blocks(mc.blocks_from_audio(audio))
+    mean, std = frames.mean(axis=0), np.maximum(frames.std(axis=0), mc.STD_FLOOR)
+    cache = mc.FrameCache(mc.normalise(frames, mean, std), np.array([0, len(frames)]), mean, std,
+                          ["music.wav"], "test", mc.rms_db(audio))
+    return mc.music_reference(cache, mc.rms_db(audio))
+
+
+@pytest.fixture(scope="module")
+def music_reference(mc):
+    return reference_of(mc, melody(60.0, seed=11))
+
+
+def test_level_of_a_sine(mc):
+    assert mc.rms_db(tone(1.0, 440.0, amplitude=0.5)) == pytest.approx(
+        20 * math.log10(0.5 / math.sqrt(2)), abs=0.01)
+
+
+def test_movement_is_about_one_for_music_and_near_zero_otherwise(mc, music_reference):
+    def movement(audio):
+        return mc.measure_piece(audio, music_reference)["movement"]
+
+    assert 0.6 < movement(melody(10.0, seed=12)) < 1.6  # other music in the same style
+    assert movement(white_noise(10.0)) < 0.15
+    assert movement(held_chord(10.0)) < 0.15
+    assert movement(np.zeros(10 * RATE, np.float32)) < 0.15  # silence
+
+
+def test_clicks_are_one_for_smooth_joins_and_large_for_a_click_every_block(mc):
+    t = np.arange(10 * RATE) / RATE
+    gliding = 0.3 * np.sin(2 * np.pi * np.cumsum(440 + 100 * np.sin(2 * np.pi * 0.3 * t)) / RATE)
+    for smooth in (held_chord(10.0), gliding.astype(np.float32)):
+        assert 0.8 < mc.click_ratio(smooth) < 1.2
+    # The test melody changes note, phase and all, every 0.25 s: on the block grid, it clicks.
+    assert mc.click_ratio(melody(10.0, seed=13)) > 5
+    clicked = held_chord(10.0)
+    clicked[mc.BLOCK_SIZE :: mc.BLOCK_SIZE] += 0.5  # a step at the start of every block
+    assert mc.click_ratio(clicked) > 5
+    # What the original pipeline does: blocks that do not join (here, each block's own phase).
+    blocks = np.concatenate([tone(0.25, 440.0, phase=k) for k in range(40)])
+    assert mc.click_ratio(blocks) > 5
+
+
+def test_spectral_distance_is_zero_for_the_music_itself_and_grows_with_difference(mc,
+                                                                                  music_reference):
+    def distance(audio):
+        return mc.measure_piece(audio, music_reference)["spectral_distance"]
+
+    itself = distance(melody(60.0, seed=11))
+    similar = distance(melody(10.0, seed=14))
+    noise = distance(white_noise(10.0))
+    assert itself < 1.0
+    assert itself < similar < noise
+    assert noise > 10 * similar
+
+
+def test_frechet_distance_of_known_gaussians(mc):
+    mean = np.zeros(3)
+    assert mc.frechet_distance(mean, np.eye(3), mean, np.eye(3)) == pytest.approx(0, abs=1e-9)
+    # Means 2 apart in one dimension, covariances I and 4I: 4 + 3 * (1 + 4 - 2 * 2) = 7.
+    assert mc.frechet_distance(mean, np.eye(3), np.array([2.0, 0, 0]), 4 * np.eye(3)) == \
+        pytest.approx(7.0)
+
+
+def test_mel_filterbank_covers_the_spectrum(mc):
+    filters = mc.mel_filterbank()
+    assert filters.shape == (64, 1025) and filters.min() >= 0 and filters.max() <= 1
+    assert (filters.sum(axis=1) > 0).all()  # no empty band
+    assert np.argmax(filters[0]) < np.argmax(filters[-1])
+
+
+def test_streaming_in_chunks_gives_the_whole_signal_answer(mc):
+    audio = melody(7.3, seed=15)
+    filters = mc.mel_filterbank()
+    whole = mc.log_mel_frames(audio, filters)
+    chunks = list(mc.log_mel_stream(lambda a, b: audio[a:b], len(audio), filters,
+                                    chunk_frames=37))
+    assert len(chunks) > 5
+    np.testing.assert_allclose(np.concatenate(chunks), whole, atol=1e-3)
+    stats = mc.LogMelStats()
+    for chunk in chunks:
+        stats.add(chunk)
+    mean, cov = stats.mean_and_cov()
+    np.testing.assert_allclose(mean, whole.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(cov, np.cov(whole.astype(np.float64), rowvar=False), atol=1e-4)
+    per_second = mc.MEL_FRAMES_PER_SECOND
+    seconds = len(whole) // per_second
+    np.testing.assert_allclose(stats.second_means(), whole[: seconds * per_second]
+                               .reshape(seconds, per_second, -1).mean(axis=1), atol=1e-4)
+
+
+def test_the_reference_rebuilt_from_frames_equals_one_from_the_audio(mc):
+    audio = melody(5.0, seed=16)
+    reference = reference_of(mc, audio)
+    padded = mc.blocks_from_audio(audio).ravel()  # the cache holds whole, zero-padded blocks
+    whole = mc.log_mel_frames(padded, mc.mel_filterbank()).astype(np.float64)
+    np.testing.assert_allclose(reference.mel_mean, whole.mean(axis=0), atol=1e-3)
+    np.testing.assert_allclose(reference.mel_cov, np.cov(whole, rowvar=False), atol=1e-2)
+
+
+def test_a_wav_read_on_demand_measures_like_the_array(mc, tmp_path, music_reference):
+    audio = melody(6.0, seed=17)
+    pcm = mc.to_pcm16(audio[None])[0]
+    writers = mc.WavWriters([tmp_path / "piece.wav"])
+    writers.write(audio[None])
+    writers.finish()
+    on_demand = mc.WavSamples(tmp_path / "piece.wav", skip_samples=44_100)
+    assert len(on_demand) == len(pcm) - 44_100
+    np.testing.assert_array_equal(on_demand[100:200], pcm[44_100 + 100 : 44_100 + 200])
+    from_file = mc.measure_piece(on_demand, music_reference, scale=1 / 32768)
+    from_array = mc.measure_piece(pcm[44_100:], music_reference, scale=1 / 32768)
+    on_demand.close()
+    for key, value in from_array.items():
+        assert from_file[key] == pytest.approx(value, rel=1e-6, nan_ok=True), key
