@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -812,8 +813,33 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle):
     return WindowBatches()
 
 
-def make_checkpoint_callback(cache_dir, metadata, mean, std):
-    """After each epoch: stop on a NaN loss, else save the checkpoint (and the best one)."""
+class StopOnCtrlC:
+    """While training: the first Ctrl-C asks Keras to stop after the current batch, and the
+    epoch it cuts short is not saved; a second Ctrl-C quits at once. (Left to Python, the
+    KeyboardInterrupt can land inside TensorFlow's input pipeline, which swallows it: training
+    then simply went on.)"""
+
+    def __init__(self, model):
+        self.model, self.requested = model, False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.model.stop_training = True
+        say("\nCtrl-C: stopping after this batch (press Ctrl-C again to quit).")
+
+    def __exit__(self, *exc_info):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def make_checkpoint_callback(cache_dir, metadata, mean, std, interrupted=lambda: False):
+    """After each epoch: stop on a NaN loss, else save the checkpoint (and the best one), unless
+    Ctrl-C cut the epoch short."""
     keras = import_keras()
 
     class SaveCheckpoint(keras.callbacks.Callback):
@@ -825,6 +851,8 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std):
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
+            if interrupted():
+                return  # an unfinished epoch: the last finished one stays the checkpoint
             loss, val_loss = logs.get("loss", math.nan), logs.get("val_loss", math.nan)
             if self.diverged or not (math.isfinite(loss) and math.isfinite(val_loss)):
                 self.diverged = True
@@ -854,16 +882,17 @@ def train(model, cache, metadata, config, rng):
         raise UserError(minimum_music_message(cache.file_starts))
     say(f"Training on {len(train_starts)} windows, validating on {len(validation_starts)}, "
         f"batch size {config.batch_size}.")
-    callback = make_checkpoint_callback(config.cache_dir, metadata, cache.mean, cache.std)
     start_epoch = metadata["epochs_done"]
-    try:
+    with StopOnCtrlC(model) as ctrl_c:
+        callback = make_checkpoint_callback(config.cache_dir, metadata, cache.mean, cache.std,
+                                            interrupted=lambda: ctrl_c.requested)
         model.fit(make_batches(cache.frames, train_starts, config.batch_size, rng, shuffle=True),
                   validation_data=make_batches(cache.frames, validation_starts,
                                                config.batch_size, rng, shuffle=False),
                   initial_epoch=start_epoch, epochs=start_epoch + config.epochs,
                   callbacks=[callback], verbose=1 if sys.stdout.isatty() else 0)
-    except KeyboardInterrupt:
-        say(f"\nTraining interrupted after {metadata['epochs_done']} epoch(s); moving on to "
+    if ctrl_c.requested:
+        say(f"Training interrupted after {metadata['epochs_done']} epoch(s); moving on to "
             f"generation (press Ctrl-C again to quit).")
         return reload_last_checkpoint(model, config.cache_dir)
     if callback.diverged:
@@ -1540,24 +1569,22 @@ def machine_memory_bytes():
 # The command line
 
 
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def whole_number_at_least(smallest):
+    """An argparse type: a whole number of at least `smallest`, else a message naming both."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"must be {smallest} or more, got {value}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+positive_int = whole_number_at_least(1)
+non_negative_int = whole_number_at_least(0)
 
 
 def random_seed(text):

@@ -188,3 +188,26 @@ def test_random_seed_makes_a_run_repeatable(tmp_path):
         outputs.append([(folder / f"output-{i}.wav").read_bytes() for i in range(2)])
     assert outputs[0] == outputs[1]
     assert outputs[0][0] != outputs[0][1]  # each piece has its own seed window
+
+
+def test_two_ctrl_c_during_training_quit(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "long.wav", melody(30.0, seed=8))
+    checkpoint = tmp_path / "cache" / "model.keras"
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "-d", music, "-t", tmp_path / "cache", "-e", "500",
+         "-n", "32", "-l", "1", "-b", "4"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    for line in process.stdout:  # a second press, once the first is taken (signals sent
+        if line.startswith("Ctrl-C: stopping"):  # closer together can merge into one)
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Stopped by Ctrl-C" in stderr and "Traceback" not in stderr
+    assert load_script().read_checkpoint_metadata(checkpoint)[0]["epochs_done"] >= 1
