@@ -132,18 +132,24 @@ def test_too_little_music_says_how_much_is_needed(tmp_path):
     assert not (tmp_path / "cache" / "model.keras").exists()
 
 
-def test_sigint_during_training_keeps_a_checkpoint_that_loads(tmp_path):
+def start_long_training(tmp_path, music_seconds, seed, *flags):
+    """A 500-epoch run on long music, returned once its first checkpoint exists."""
     music = tmp_path / "music"
     music.mkdir()
-    write_int16(music / "long.wav", melody(60.0, seed=4))
+    write_int16(music / "long.wav", melody(music_seconds, seed=seed))
     checkpoint = tmp_path / "cache" / "model.keras"
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), "-d", music, "-t", tmp_path / "cache", "-e", "500",
-         "-g", "1", "-s", "1", "-n", "32", "-l", "2", "-b", "4"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         *flags], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    return process, checkpoint
+
+
+def test_sigint_during_training_keeps_a_checkpoint_that_loads(tmp_path):
+    process, checkpoint = start_long_training(tmp_path, 60.0, 4, "-g", "1", "-s", "1",
+                                              "-n", "32", "-l", "2", "-b", "4")
     time.sleep(0.3)  # into the next epoch
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
@@ -191,17 +197,7 @@ def test_random_seed_makes_a_run_repeatable(tmp_path):
 
 
 def test_two_ctrl_c_during_training_quit(tmp_path):
-    music = tmp_path / "music"
-    music.mkdir()
-    write_int16(music / "long.wav", melody(30.0, seed=8))
-    checkpoint = tmp_path / "cache" / "model.keras"
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "-d", music, "-t", tmp_path / "cache", "-e", "500",
-         "-n", "32", "-l", "1", "-b", "4"], cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    process, checkpoint = start_long_training(tmp_path, 30.0, 8, "-n", "32", "-l", "1", "-b", "4")
     process.send_signal(signal.SIGINT)
     for line in process.stdout:  # a second press, once the first is taken (signals sent
         if line.startswith("Ctrl-C: stopping"):  # closer together can merge into one)
