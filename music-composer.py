@@ -22,6 +22,7 @@ Continue a piece of your own that the network has never heard:
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -43,17 +44,28 @@ import numpy as np
 SAMPLE_RATE = 44_100  # Hz; every file is resampled to this
 BLOCK_SIZE = 11_025  # samples per frame: 0.25 s at 44.1 kHz, as in the original tool
 NUM_BINS = BLOCK_SIZE // 2 + 1  # rfft bins of one block: 5 513
-NUM_FEATURES = 2 * NUM_BINS  # real parts then imaginary parts: 11 026
+NUM_FEATURES = 2 * NUM_BINS  # 11 026: a block's real and imaginary parts, or the magnitudes
+# of a 0.5 s window (2 * BLOCK_SIZE // 2 + 1 bins): the same width, so the same network
 WINDOW_FRAMES = 4  # frames in one training sequence and in a seed: 1 s
 FRAMES_PER_SECOND = SAMPLE_RATE / BLOCK_SIZE  # 4.0
 STD_FLOOR = 1e-8  # smallest standard deviation used to normalise a feature
 VALIDATION_FRACTION = 0.1  # the last tenth of each file is held out for val_loss
-CACHE_VERSION = 1  # bump when the way frames are made changes: old caches are rebuilt
+CACHE_VERSION = 2  # bump when the way frames are made changes: old caches are rebuilt
 CHECKPOINT_VERSION = 1
 CACHE_MANIFEST = "cache.json"
 CHECKPOINT_NAME = "model.keras"
 BEST_CHECKPOINT_NAME = "model-best.keras"
 CHECKPOINT_METADATA = "music_composer.json"  # our entry inside the .keras zip
+# How audio becomes frames (see the FFT frames section); both are NUM_FEATURES wide.
+FRAME_KINDS = {"magnitude": "log-magnitude of 0.5 s windows every 0.25 s, phase rebuilt "
+                            "when generating (default)",
+               "plain": "real and imaginary rFFT of each 0.25 s block, as the original tool"}
+DEFAULT_FRAMES = "magnitude"
+# How each kind keeps the music moving (see make_batches and with_sampled_errors): noise on the
+# training inputs, and prediction errors added back when generating, scaled by the temperature.
+# Plain frames keep the original tool's plain regression.
+SAMPLING = {"magnitude": {"input_noise": 0.5, "temperature": 0.5},
+            "plain": {"input_noise": 0.0, "temperature": 0.0}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +84,7 @@ class Config:
     random_seed: int | None = None  # makes a CPU run repeatable; None: fresh randomness
     seed_wavs: tuple = ()  # WAV files whose last second seeds a piece each; () = training clips
     plots: bool = True  # loss curve after training, a spectrogram per piece
+    frames: str = DEFAULT_FRAMES  # the kind of frame: a key of FRAME_KINDS
     demo: bool = False  # write and use the built-in demo piece
 
 
@@ -209,10 +222,11 @@ def piano_note(frequency, seconds, rate=SAMPLE_RATE):
     return harmonics * envelope
 
 
-def demo_piece(seconds=96.0, rate=SAMPLE_RATE):
+def demo_piece(seconds=96.0, rate=SAMPLE_RATE, seed=1805):
     """C - G - Am - F, two seconds a chord, under a melody of quarter and eighth notes taken from
-    each chord and the C major scale. The same every time: the generator has a fixed seed."""
-    rng = np.random.default_rng(1805)
+    each chord and the C major scale. The same every time for the same seed (another seed picks
+    other notes: tests/quality.py holds such a piece out)."""
+    rng = np.random.default_rng(seed)
     midi = {"C": [48, 52, 55], "G": [43, 47, 50], "Am": [45, 48, 52], "F": [41, 45, 48]}
     scale = [60, 62, 64, 65, 67, 69, 71, 72, 74, 76]
     phrases = []
@@ -260,7 +274,19 @@ def write_demo_music(folder):
 
 
 # -----------------------------------------------------------------------------
-# FFT frames: 0.25 s blocks <-> real+imaginary rFFT frames
+# FFT frames: one frame per 0.25 s block, and back to audio
+#
+# Two kinds, both NUM_FEATURES wide, so the network is the same for either:
+# - "magnitude" (the default): the log-magnitude spectrum of a 0.5 s window centred on each
+#   block (square-root Hann, so windows a block apart overlap-add back to the signal). Generation
+#   rebuilds the phase frame by frame (PhaseRebuilder) and overlap-adds: blocks join smoothly.
+# - "plain": the real and imaginary rFFT parts of each bare block, as in the original tool. Exact
+#   to invert, but the network must predict the phase, which it cannot: its blocks click at every
+#   join, fade and smear (the figures are in the README).
+
+WINDOW_SIZE = 2 * BLOCK_SIZE  # samples in a magnitude frame's window: 0.5 s
+MAGNITUDE_FLOOR = 1e-2  # added before the log; 16-bit noise in a window is about 2e-3
+PHASE_ITERATIONS = 8  # Griffin-Lim rounds per generated frame
 
 
 def blocks_from_audio(audio, block_size=BLOCK_SIZE):
@@ -286,6 +312,102 @@ def blocks_from_frames(frames, block_size=BLOCK_SIZE):
     num_bins = frames.shape[-1] // 2
     spectrum = frames[..., :num_bins] + 1j * frames[..., num_bins:]
     return fft.irfft(spectrum, n=block_size, axis=-1, workers=-1).astype(np.float32)
+
+
+@functools.cache
+def sqrt_hann():
+    """A periodic Hann window's square root: squared, windows a block apart sum to exactly 1,
+    so analysing and synthesising with it overlap-adds back to the signal."""
+    return np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(WINDOW_SIZE) / WINDOW_SIZE)
+                   ).astype(np.float32)
+
+
+def spectra_from_audio(audio):
+    """(samples,) -> (num_blocks, WINDOW_SIZE // 2 + 1) complex64: window i is centred on block i
+    (the signal padded with half a block of silence at the start and zeros at the end)."""
+    from scipy import fft
+
+    num_blocks = max(1, -(-len(audio) // BLOCK_SIZE))
+    padded = np.zeros((num_blocks + 1) * BLOCK_SIZE, np.float32)
+    padded[BLOCK_SIZE // 2 : BLOCK_SIZE // 2 + len(audio)] = audio
+    windows = np.lib.stride_tricks.sliding_window_view(padded, WINDOW_SIZE)[::BLOCK_SIZE]
+    return fft.rfft(windows[:num_blocks] * sqrt_hann(), axis=-1, workers=-1)
+
+
+def frames_from_audio(audio, kind):
+    """(samples,) float32 -> (num_blocks, NUM_FEATURES) float32 frames of the given kind."""
+    if kind == "plain":
+        return frames_from_blocks(blocks_from_audio(audio))
+    return np.log(np.abs(spectra_from_audio(audio)) + MAGNITUDE_FLOOR).astype(np.float32)
+
+
+class PlainSynthesis:
+    """Plain frames back to audio: each frame is its own block."""
+
+    overlap = 0  # samples of a seed's end that the first generated block overlaps
+
+    def prime(self, frames):
+        pass
+
+    def prime_with_audio(self, endings):
+        pass
+
+    def push(self, frames):  # (pieces, NUM_FEATURES) -> (pieces, BLOCK_SIZE)
+        return blocks_from_frames(frames)
+
+
+class PhaseRebuilder:
+    """Magnitude frames back to audio, one frame at a time for a batch of pieces.
+
+    A magnitude frame has no phase. Each new frame's phase starts as the last frame's, moved on by
+    one block at each bin's frequency, and is then refined by a few rounds of Griffin-Lim against
+    what is already known of the window: the previous frame's second half, which the new frame's
+    first half overlaps (real-time iterative spectrogram inversion). Each push finishes one
+    block: the previous frame's tail plus the new frame's head, both tapered, so blocks join
+    without a step.
+    """
+
+    overlap = BLOCK_SIZE
+
+    def __init__(self, pieces, iterations=PHASE_ITERATIONS):
+        num_bins = WINDOW_SIZE // 2 + 1
+        self.tail = np.zeros((pieces, BLOCK_SIZE), np.float32)
+        self.phase = np.zeros((pieces, num_bins), np.float32)
+        self.advance = (np.pi * np.arange(num_bins) % (2 * np.pi)).astype(np.float32)
+        self.iterations = iterations
+
+    def prime(self, frames):
+        """Warm up on a seed's frames (pieces, seed_frames, features); their audio is dropped."""
+        for index in range(frames.shape[1]):
+            self.push(frames[:, index])
+
+    def prime_with_audio(self, endings):
+        """Start from real audio: endings (pieces, WINDOW_SIZE), each the last 0.5 s of a seed.
+        The first generated block then fades from the seed's last block into the new music."""
+        from scipy import fft
+
+        windowed = np.asarray(endings, np.float32) * sqrt_hann()
+        self.phase = np.angle(fft.rfft(windowed, axis=-1)).astype(np.float32)
+        self.tail = windowed[:, BLOCK_SIZE:] * sqrt_hann()[BLOCK_SIZE:]
+
+    def push(self, frames):  # (pieces, NUM_FEATURES) log-magnitudes -> (pieces, BLOCK_SIZE)
+        from scipy import fft
+
+        window = sqrt_hann()
+        magnitude = np.maximum(np.exp(frames) - MAGNITUDE_FLOOR, 0.0).astype(np.float32)
+        phase = self.phase + self.advance
+        for _ in range(self.iterations):
+            signal = fft.irfft(magnitude * np.exp(1j * phase), n=WINDOW_SIZE, workers=-1) * window
+            signal[:, :BLOCK_SIZE] += self.tail  # the second half holds only this frame so far
+            phase = np.angle(fft.rfft(signal * window, workers=-1))
+        signal = fft.irfft(magnitude * np.exp(1j * phase), n=WINDOW_SIZE, workers=-1) * window
+        block = self.tail + signal[:, :BLOCK_SIZE]
+        self.tail, self.phase = signal[:, BLOCK_SIZE:].astype(np.float32), phase.astype(np.float32)
+        return block.astype(np.float32)
+
+
+def make_synthesis(kind, pieces):
+    return PlainSynthesis() if kind == "plain" else PhaseRebuilder(pieces)
 
 
 def normalise(frames, mean, std):
@@ -342,14 +464,16 @@ class FrameCache:
     file_names: list  # names of the files used, in order
     fingerprint: str  # changes whenever the music or the preprocessing settings change
     rms_db: float  # level of the training music, RMS in dB relative to full scale
+    kind: str  # the kind of frame: a key of FRAME_KINDS
+    reference: object  # a MusicReference: the music's log-mel figures, for the quality report
 
 
-def preprocessing_settings():
+def preprocessing_settings(kind):
     return {"cache_version": CACHE_VERSION, "sample_rate": SAMPLE_RATE, "block_size": BLOCK_SIZE,
-            "frame": "rfft-real-imag"}
+            "frame": kind}
 
 
-def dataset_fingerprint(wav_paths):
+def dataset_fingerprint(wav_paths, kind=DEFAULT_FRAMES):
     """A hash of each file's name, size and modification time, and of the settings."""
     listing = []
     for path in wav_paths:
@@ -358,7 +482,8 @@ def dataset_fingerprint(wav_paths):
             listing.append([path.name, info.st_size, info.st_mtime_ns])
         except OSError:
             listing.append([path.name, None, None])  # a broken link still counts as present
-    text = json.dumps({"files": listing, "settings": preprocessing_settings()}, sort_keys=True)
+    text = json.dumps({"files": listing, "settings": preprocessing_settings(kind)},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -373,13 +498,20 @@ def load_cache(cache_dir, fingerprint):
         file_starts = np.load(folder / "file_starts.npy", allow_pickle=False)
         mean = np.load(folder / "mean.npy", allow_pickle=False)
         std = np.load(folder / "std.npy", allow_pickle=False)
+        mel = {name: np.load(folder / f"{name}.npy", allow_pickle=False)
+               for name in ("mel_mean", "mel_cov", "mel_seconds", "mel_second_starts")}
+        kind = manifest["settings"]["frame"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     expected = (manifest.get("num_frames"), NUM_FEATURES)
-    if frames.shape != expected or file_starts[-1] != frames.shape[0] or mean.shape != std.shape:
+    if frames.shape != expected or file_starts[-1] != frames.shape[0] or mean.shape != std.shape \
+            or mel["mel_second_starts"][-1] != len(mel["mel_seconds"]) or kind not in FRAME_KINDS:
         return None
+    starts = mel["mel_second_starts"]
+    reference = MusicReference(manifest["rms_db"], mel["mel_mean"], mel["mel_cov"],
+                               [mel["mel_seconds"][a:b] for a, b in zip(starts[:-1], starts[1:])])
     return FrameCache(frames, file_starts, mean, std, manifest["files"], fingerprint,
-                      manifest["rms_db"])
+                      manifest["rms_db"], kind, reference)
 
 
 def write_npy(path, array):
@@ -414,9 +546,10 @@ def npy_header(num_frames):
     return buffer.getvalue()
 
 
-def write_raw_frames(wav_paths, npy_path):
+def write_raw_frames(wav_paths, npy_path, kind):
     """Pass 1: read each file and append its un-normalised frames behind a placeholder .npy
-    header, gathering the statistics on the way.
+    header, gathering the statistics on the way: the frames' mean and variance, and the
+    music's level and log-mel figures, which the quality report measures pieces against.
 
     Streams file by file, so memory stays near the size of the largest single file.
     """
@@ -424,6 +557,7 @@ def write_raw_frames(wav_paths, npy_path):
 
     stats, file_starts, used, skipped = RunningStats(NUM_FEATURES), [0], [], []
     sum_squares, num_samples = 0.0, 0
+    filters, mel_total, mel_seconds = mel_filterbank(), LogMelStats(), []
     # One writer thread: a file's frames go to disk while the next file is read and transformed.
     with open(npy_path, "wb") as raw, ThreadPoolExecutor(max_workers=1) as writer:
         raw.write(bytes(NPY_HEADER_BYTES))
@@ -437,7 +571,7 @@ def write_raw_frames(wav_paths, npy_path):
                 continue
             for note in notes:
                 warn(f"{path}: {note}")
-            frames = frames_from_blocks(blocks_from_audio(audio))
+            frames = frames_from_audio(audio, kind)
             pending.result()  # at most one file's frames wait in memory
             pending = writer.submit(raw.write, frames)
             stats.add(frames)
@@ -445,9 +579,12 @@ def write_raw_frames(wav_paths, npy_path):
             num_samples += len(audio)
             file_starts.append(file_starts[-1] + len(frames))
             used.append((path.name, len(audio) / SAMPLE_RATE))
+            mel_seconds.append(log_mel_stats(lambda start, stop: audio[start:stop], len(audio),
+                                             filters, into=mel_total).second_means())
         pending.result()
     rms_db = 10 * math.log10(max(sum_squares / max(num_samples, 1), 1e-20))
-    return stats, np.array(file_starts, dtype=np.int64), used, skipped, rms_db
+    reference = MusicReference(rms_db, *mel_total.mean_and_cov(), mel_seconds) if used else None
+    return stats, np.array(file_starts, dtype=np.int64), used, skipped, reference
 
 
 def normalise_npy_in_place(npy_path, num_frames, mean, std, chunk_frames=256):
@@ -468,7 +605,7 @@ def normalise_npy_in_place(npy_path, num_frames, mean, std, chunk_frames=256):
         os.fsync(handle.fileno())
 
 
-def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint):
+def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind=DEFAULT_FRAMES):
     """Preprocess every usable WAV into a new cache folder, then switch the manifest to it."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -477,24 +614,28 @@ def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint):
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        stats, file_starts, used, skipped, rms_db = write_raw_frames(wav_paths,
-                                                                     partial / "frames.npy")
+        stats, file_starts, used, skipped, reference = write_raw_frames(
+            wav_paths, partial / "frames.npy", kind)
         if not used:
             raise UserError(no_music_message(dataset_dir, wav_paths, skipped))
-        if dataset_fingerprint(find_wav_files(dataset_dir)) != fingerprint:
+        if dataset_fingerprint(find_wav_files(dataset_dir), kind) != fingerprint:
             raise UserError(f"The music in {dataset_dir} changed while it was being read; "
                             f"the cache was not saved. Run again once the folder is settled.")
         mean, std = stats.mean_and_std()
         normalise_npy_in_place(partial / "frames.npy", int(file_starts[-1]), mean, std)
-        for name, array in [("file_starts", file_starts), ("mean", mean), ("std", std)]:
+        seconds = reference.second_means
+        for name, array in [("file_starts", file_starts), ("mean", mean), ("std", std),
+                            ("mel_mean", reference.mel_mean), ("mel_cov", reference.mel_cov),
+                            ("mel_seconds", np.concatenate(seconds)),
+                            ("mel_second_starts", np.cumsum([0] + [len(s) for s in seconds]))]:
             write_npy(partial / f"{name}.npy", array)
         fsync_dir(partial)
         final = cache_dir / folder_name
         shutil.rmtree(final, ignore_errors=True)  # a leftover not named by any manifest
         os.replace(partial, final)
         manifest = {"fingerprint": fingerprint, "folder": folder_name, "settings":
-                    preprocessing_settings(), "num_frames": int(file_starts[-1]),
-                    "files": [name for name, _ in used], "rms_db": rms_db}
+                    preprocessing_settings(kind), "num_frames": int(file_starts[-1]),
+                    "files": [name for name, _ in used], "rms_db": reference.rms_db}
         write_json_atomically(cache_dir / CACHE_MANIFEST, manifest)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -527,12 +668,12 @@ def no_music_message(dataset_dir, wav_paths, skipped):
               f"demo: python3 music-composer.py --demo")
 
 
-def prepare_cache(dataset_dir, cache_dir):
+def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
     """Reuse the cache when the music and settings are unchanged, otherwise rebuild it."""
     wav_paths = find_wav_files(dataset_dir)
     if not wav_paths:
         raise UserError(no_music_message(dataset_dir, wav_paths, []))
-    fingerprint = dataset_fingerprint(wav_paths)
+    fingerprint = dataset_fingerprint(wav_paths, kind)
     cache = load_cache(cache_dir, fingerprint)
     if cache is not None:
         say(f"Reusing the frame cache in {cache_dir}: {len(cache.file_names)} file(s), "
@@ -540,7 +681,7 @@ def prepare_cache(dataset_dir, cache_dir):
         return cache
     say(f"Building the frame cache in {cache_dir} from {len(wav_paths)} .wav file(s)...")
     started = time.perf_counter()
-    used, skipped = build_cache(dataset_dir, cache_dir, wav_paths, fingerprint)
+    used, skipped = build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind)
     cache = load_cache(cache_dir, fingerprint)
     minutes = sum(seconds for _, seconds in used) / 60
     say(f"Cached {len(cache.frames)} frames from {len(used)} file(s), {minutes:.1f} min of music"
@@ -745,6 +886,20 @@ def read_checkpoint_metadata(path):
     return metadata, mean, std
 
 
+def checkpoint_frames(metadata):
+    """The kind of frame a checkpoint was trained on (before --frames, always plain)."""
+    return {"rfft-real-imag": "plain"}.get(metadata.get("frame"), metadata.get("frame"))
+
+
+def check_checkpoint_frames(path, metadata, kind):
+    saved = checkpoint_frames(metadata)
+    if saved != kind:
+        raise UserError(
+            f"The checkpoint {path} was trained on {saved} frames, but this run uses {kind} "
+            f"frames. Run with --frames {saved} to continue or use that model, or give another "
+            f"-t/--traindata-folder-path to train a new one. The checkpoint was not changed.")
+
+
 def check_checkpoint_shape(path, metadata, hidden_neurons, hidden_layers):
     saved = (metadata["hidden_neurons"], metadata["hidden_layers"])
     if saved != (hidden_neurons, hidden_layers):
@@ -791,22 +946,34 @@ def load_checkpoint_model(path):
 # Training
 
 
-def make_batches(frames, window_starts, batch_size, rng, shuffle):
-    """A keras.utils.PyDataset over the memory-mapped frames: nothing loaded whole."""
+def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.0):
+    """A keras.utils.PyDataset over the memory-mapped frames: nothing loaded whole.
+
+    input_noise: the standard deviation of Gaussian noise added to the input frames (not the
+    targets), in normalised units. Fed its own imperfect output when generating, a network
+    trained only on clean inputs drifts to a fixed point: a held chord that fades. Trained on
+    noisy inputs, it learns to steer back towards the music."""
     keras = import_keras()
 
     class WindowBatches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
             self.order = rng.permutation(window_starts) if shuffle else window_starts
+            self.noise_seed, self.epoch = int(rng.integers(2**63)), 0
 
         def __len__(self):
             return -(-len(window_starts) // batch_size)
 
         def __getitem__(self, index):
-            return gather_windows(frames, self.order[index * batch_size : (index + 1) * batch_size])
+            inputs, targets = gather_windows(
+                frames, self.order[index * batch_size : (index + 1) * batch_size])
+            if input_noise:  # seeded per batch: repeatable whichever thread asks
+                noise_rng = np.random.default_rng((self.noise_seed, self.epoch, index))
+                inputs += input_noise * noise_rng.standard_normal(inputs.shape, np.float32)
+            return inputs, targets
 
         def on_epoch_end(self):
+            self.epoch += 1
             if shuffle:
                 self.order = rng.permutation(window_starts)
 
@@ -886,7 +1053,8 @@ def train(model, cache, metadata, config, rng):
     with StopOnCtrlC(model) as ctrl_c:
         callback = make_checkpoint_callback(config.cache_dir, metadata, cache.mean, cache.std,
                                             interrupted=lambda: ctrl_c.requested)
-        model.fit(make_batches(cache.frames, train_starts, config.batch_size, rng, shuffle=True),
+        model.fit(make_batches(cache.frames, train_starts, config.batch_size, rng, shuffle=True,
+                               input_noise=SAMPLING[config.frames]["input_noise"]),
                   validation_data=make_batches(cache.frames, validation_starts,
                                                config.batch_size, rng, shuffle=False),
                   initial_epoch=start_epoch, epochs=start_epoch + config.epochs,
@@ -922,7 +1090,7 @@ def new_metadata(config, cache):
     return {"version": CHECKPOINT_VERSION, "hidden_neurons": config.hidden_neurons,
             "hidden_layers": config.hidden_layers, "block_size": BLOCK_SIZE,
             "sample_rate": SAMPLE_RATE, "num_features": NUM_FEATURES,
-            "window_frames": WINDOW_FRAMES, "frame": "rfft-real-imag", "epochs_done": 0,
+            "window_frames": WINDOW_FRAMES, "frame": config.frames, "epochs_done": 0,
             "cache_fingerprint": cache.fingerprint, "train_rms_db": cache.rms_db,
             "batch_size": config.batch_size, "history": []}
 
@@ -1006,6 +1174,34 @@ def generate(predict_next, seeds, num_frames):
         next_frames = predict_next(next_frames)
 
 
+def prediction_errors(model, cache, rng, count=256):
+    """What the network gets wrong on music it was not trained on: target minus prediction for
+    the last frame of up to `count` validation windows, (count, features), normalised."""
+    _, validation_starts = split_windows(cache.file_starts)
+    if len(validation_starts) == 0:
+        return np.zeros((1, NUM_FEATURES), np.float32)
+    chosen = np.sort(rng.choice(validation_starts, size=min(count, len(validation_starts)),
+                                replace=False))
+    inputs, targets = gather_windows(cache.frames, chosen)
+    predictions = model.predict(inputs, batch_size=32, verbose=0)
+    return (targets[:, -1] - predictions[:, -1]).astype(np.float32)
+
+
+def with_sampled_errors(predict_next, errors, temperature, rng):
+    """predict_next that adds one of the network's real errors, times the temperature, to each
+    prediction: a sample from the spread of futures the network cannot tell apart, rather than
+    their average (a mean of log-spectra is a quieter, blurred spectrum, and the loop settles
+    on it). Each error is a whole frame, so what is added has the shape of real music."""
+    if temperature == 0:
+        return predict_next
+
+    def predict(frames):
+        predicted = predict_next(frames)
+        return predicted + temperature * errors[rng.integers(len(errors), size=len(predicted))]
+
+    return predict
+
+
 def pick_seeds(frames, file_starts, count, rng):
     """`count` different random windows of WINDOW_FRAMES frames, none crossing files."""
     starts = np.concatenate([np.arange(start, end - WINDOW_FRAMES + 1)
@@ -1017,12 +1213,26 @@ def pick_seeds(frames, file_starts, count, rng):
     return np.stack([frames[start : start + WINDOW_FRAMES] for start in chosen])
 
 
-def read_seed_wavs(paths):
-    """--seed-wav files -> their last second as raw frames (pieces, WINDOW_FRAMES, features),
-    and the last SEED_PREFIX_SECONDS of each, which starts its piece. Read before any training,
-    so that a bad file costs the user nothing."""
+def seed_frames(ending, kind):
+    """The last second of a seed's audio as WINDOW_FRAMES raw frames of the given kind. Magnitude
+    windows reach a block further back, so the last one ends where the audio ends."""
+    if kind == "plain":
+        return frames_from_blocks(ending[-WINDOW_FRAMES * BLOCK_SIZE:].reshape(WINDOW_FRAMES, -1))
+    from scipy import fft
+
+    needed = (WINDOW_FRAMES + 1) * BLOCK_SIZE
+    ending = np.concatenate([np.zeros(max(needed - len(ending), 0), np.float32), ending])[-needed:]
+    windows = np.lib.stride_tricks.sliding_window_view(ending, WINDOW_SIZE)[::BLOCK_SIZE]
+    spectra = fft.rfft(windows * sqrt_hann(), axis=-1)
+    return np.log(np.abs(spectra) + MAGNITUDE_FLOOR).astype(np.float32)
+
+
+def read_seed_wavs(paths, kind):
+    """--seed-wav files -> their last second as raw frames (pieces, WINDOW_FRAMES, features), the
+    last SEED_PREFIX_SECONDS of each, which starts its piece, and the last 0.5 s, which starts
+    the phase of magnitude frames. Read before any training, so that a bad file costs nothing."""
     seed_samples = WINDOW_FRAMES * BLOCK_SIZE  # 1 s
-    frames, prefixes = [], []
+    frames, prefixes, endings = [], [], []
     for path in paths:
         try:
             audio, _ = read_wav(Path(path))
@@ -1031,9 +1241,10 @@ def read_seed_wavs(paths):
         if len(audio) < seed_samples:
             raise UserError(f"--seed-wav {path} is {len(audio) / SAMPLE_RATE:.2f} s long; a seed "
                             f"needs at least {seed_samples / SAMPLE_RATE:.0f} s of music.")
-        frames.append(frames_from_blocks(audio[-seed_samples:].reshape(WINDOW_FRAMES, BLOCK_SIZE)))
+        frames.append(seed_frames(audio[-(seed_samples + BLOCK_SIZE):], kind))
         prefixes.append(audio[-int(SEED_PREFIX_SECONDS * SAMPLE_RATE):])
-    return np.stack(frames), prefixes
+        endings.append(audio[-WINDOW_SIZE:])
+    return np.stack(frames), prefixes, np.stack(endings)
 
 
 def output_paths(output_name, count):
@@ -1101,17 +1312,22 @@ def rms_db(samples):
     return 10 * math.log10(max(float(np.mean(samples**2)) if len(samples) else 0.0, 1e-20))
 
 
-def write_pieces(predict_next, seeds, mean, std, seconds, paths, prefixes=None):
+def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, prefixes=None):
     """Generate every piece together, one frame at a time, and stream them into WAV files,
-    each after its prefix (the end of a --seed-wav file) when there is one."""
+    each after its prefix (the end of a --seed-wav file) when there is one.
+
+    With overlapping frames the first generated block overlaps the prefix's last one: the prefix
+    is written up to there, and that block fades from it into the new music."""
     num_frames = int(round(seconds * FRAMES_PER_SECOND))
+    if prefixes and synthesis.overlap:
+        num_frames += synthesis.overlap // BLOCK_SIZE
     writers = WavWriters(paths)
     report = progress_reporter(num_frames)
     try:
         for handle, prefix in zip(writers.files, prefixes or []):
-            handle.writeframes(to_pcm16(prefix).tobytes())
+            handle.writeframes(to_pcm16(prefix[: len(prefix) - synthesis.overlap]).tobytes())
         for index, frames in enumerate(generate(predict_next, seeds, num_frames)):
-            writers.write(blocks_from_frames(denormalise(frames, mean, std)))
+            writers.write(synthesis.push(denormalise(frames, mean, std)))
             report(index + 1)
         writers.finish()
     except BaseException:
@@ -1194,10 +1410,13 @@ class LogMelStats:
         return np.concatenate(self.seconds) if self.seconds else np.empty((0, MEL_BANDS))
 
 
-def log_mel_stats(read_samples, num_samples, filters):
+def log_mel_stats(read_samples, num_samples, filters, into=None):
+    """The LogMelStats of one signal; `into` (another LogMelStats) gathers them as well."""
     stats = LogMelStats()
     for log_mel in log_mel_stream(read_samples, num_samples, filters):
         stats.add(log_mel)
+        if into is not None:
+            into.add(log_mel)
     return stats
 
 
@@ -1239,7 +1458,8 @@ def frechet_distance(mean_a, cov_a, mean_b, cov_b):
 
 @dataclasses.dataclass
 class MusicReference:
-    """What a piece is measured against: figures of the training music."""
+    """What a piece is measured against: figures of the training music, gathered while the frame
+    cache is built (write_raw_frames) and kept in it."""
 
     rms_db: float
     mel_mean: np.ndarray  # (MEL_BANDS,)
@@ -1253,27 +1473,6 @@ class MusicReference:
                    for start in range(0, max(len(means) - seconds, 0) + 1, seconds)
                    if len(means[start : start + seconds]) >= 2]
         return float(np.mean(figures)) if figures else math.nan
-
-
-def music_reference(cache, rms_db_of_music):
-    """Log-mel statistics of the training music, rebuilt chunk by chunk from the cached frames
-    (lossless: the inverse FFT returns the audio to float32 precision)."""
-    filters, total, second_means = mel_filterbank(), LogMelStats(), []
-    for start, end in zip(cache.file_starts[:-1], cache.file_starts[1:]):
-        def read_samples(first, stop, start=start):  # samples [first, stop) of this file
-            blocks = np.asarray(cache.frames[start + first // BLOCK_SIZE :
-                                             start + -(-stop // BLOCK_SIZE)])
-            audio = blocks_from_frames(denormalise(blocks, cache.mean, cache.std)).ravel()
-            offset = first - first // BLOCK_SIZE * BLOCK_SIZE
-            return audio[offset : offset + stop - first]
-
-        file_stats = LogMelStats()
-        for log_mel in log_mel_stream(read_samples, (end - start) * BLOCK_SIZE, filters):
-            file_stats.add(log_mel)
-            total.add(log_mel)
-        second_means.append(file_stats.second_means())
-    mean, cov = total.mean_and_cov()
-    return MusicReference(rms_db_of_music, mean, cov, second_means)
 
 
 def measure_piece(samples, reference, scale=1.0):
@@ -1336,26 +1535,32 @@ def report_quality(paths, reference, skip_seconds):
             f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f}")
 
 
-def compose(model, cache, config, mean, std, train_rms_db, rng, seed_wavs=None):
+def compose(model, cache, config, mean, std, rng, seed_wavs=None):
     """Write the pieces: seeded from --seed-wav files when given, else from the training music."""
+    synthesis = make_synthesis(config.frames, len(seed_wavs[0]) if seed_wavs else config.num_pieces)
     if seed_wavs is not None:
-        raw_seeds, prefixes = seed_wavs
+        raw_seeds, prefixes, endings = seed_wavs
+        synthesis.prime_with_audio(endings)
         say(f"Continuing {len(prefixes)} piece(s) of your own for {config.seconds} s each; every "
             f"file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed.")
     else:
         raw_seeds, prefixes = denormalise(pick_seeds(cache.frames, cache.file_starts,
                                                      config.num_pieces, rng),
                                           cache.mean, cache.std), None
+        synthesis.prime(raw_seeds)
         say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
             f"1 s clips of the training music...")
     paths = output_paths(config.output_name, len(raw_seeds))
-    predict_next = make_step_function(model, len(raw_seeds))
+    temperature = SAMPLING[config.frames]["temperature"]
+    predict_next = with_sampled_errors(make_step_function(model, len(raw_seeds)),
+                                       prediction_errors(model, cache, rng) if temperature else None,
+                                       temperature, rng)
     write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, config.seconds, paths,
-                 prefixes)
+                 synthesis, prefixes)
     say(f"Wrote {len(paths)} piece(s).")
     seed_ends = [0.0 if prefix is None else len(prefix) / SAMPLE_RATE
                  for prefix in prefixes or [None] * len(paths)]
-    report_quality(paths, music_reference(cache, train_rms_db), seed_ends)
+    report_quality(paths, cache.reference, seed_ends)
     if config.plots:
         for path, seed_end in zip(paths, seed_ends):
             say(f"Spectrogram: {plot_spectrogram(path, path.with_suffix('.png'), seed_end)}")
@@ -1637,6 +1842,9 @@ def make_parser():
     generation.add_argument("--seed-wav", nargs="+", metavar="FILE",
                             help="continue these WAV files instead of clips of the training "
                                  "music: one piece each, starting with the file's last 2 s")
+    generation.add_argument("--frames", choices=list(FRAME_KINDS),
+                            help="how audio becomes frames: " + "; ".join(
+                                f"{kind}: {text}" for kind, text in FRAME_KINDS.items()))
     extras = parser.add_argument_group("demo and pictures")
     extras.add_argument("--demo", action="store_true",
                         help=f"train on a built-in piece of music, with everything in "
@@ -1664,7 +1872,7 @@ def config_from_args(args, parser):
                   batch_size=setting("batch_size"), seconds=setting("seconds_to_generate"),
                   num_pieces=len(seed_wavs) or setting("generated_music_num"),
                   random_seed=args.random_seed, seed_wavs=seed_wavs, plots=not args.no_plots,
-                  demo=args.demo)
+                  frames=args.frames or DEFAULT_FRAMES, demo=args.demo)
 
 
 def print_settings(config):
@@ -1681,6 +1889,7 @@ def find_checkpoint(config):
     if not path.exists():
         return None
     metadata, mean, std = read_checkpoint_metadata(path)
+    check_checkpoint_frames(path, metadata, config.frames)
     check_checkpoint_shape(path, metadata, config.hidden_neurons, config.hidden_layers)
     return path, metadata, mean, std
 
@@ -1707,8 +1916,8 @@ def compose_from_folder(config):
     if config.epochs == 0 and checkpoint is None:
         raise UserError(f"-e 0 generates from a trained model, but there is no checkpoint in "
                         f"{config.cache_dir}. Train first (leave out -e 0).")
-    seed_wavs = read_seed_wavs(config.seed_wavs) if config.seed_wavs else None
-    cache = prepare_cache(config.dataset_dir, config.cache_dir)
+    seed_wavs = read_seed_wavs(config.seed_wavs, config.frames) if config.seed_wavs else None
+    cache = prepare_cache(config.dataset_dir, config.cache_dir, config.frames)
     keras = import_keras()
     if config.random_seed is not None:
         keras.utils.set_random_seed(config.random_seed)
@@ -1727,7 +1936,7 @@ def compose_from_folder(config):
         path, metadata, mean, std = checkpoint
         say(f"Generating from {path}, trained for {metadata['epochs_done']} epoch(s).")
         model = load_checkpoint_model(path)
-    compose(model, cache, config, mean, std, metadata["train_rms_db"], rng, seed_wavs)
+    compose(model, cache, config, mean, std, rng, seed_wavs)
 
 
 def main(argv=None):

@@ -173,6 +173,87 @@ def test_frames_hold_the_same_information_as_the_full_fft(mc):
     np.testing.assert_allclose(frame[mc.NUM_BINS:], full.imag, atol=1e-2)
 
 
+def rebuild(mc, frames, pieces=1):
+    """Magnitude frames -> audio through the tool's streaming phase rebuilder."""
+    synthesis = mc.PhaseRebuilder(pieces)
+    return np.concatenate([synthesis.push(np.broadcast_to(frame, (pieces, len(frame))))
+                           for frame in frames], axis=1)
+
+
+def test_magnitude_frames_are_log_magnitudes_of_windows_centred_on_blocks(mc):
+    audio = tone(3.0, 440.0, amplitude=0.5)
+    frames = mc.frames_from_audio(audio, "magnitude")
+    assert frames.shape == (12, mc.NUM_FEATURES) and frames.dtype == np.float32
+    assert mc.WINDOW_SIZE // 2 + 1 == mc.NUM_FEATURES  # the same network for either kind
+    bin_hz = mc.SAMPLE_RATE / mc.WINDOW_SIZE  # 2 Hz
+    assert set(np.argmax(frames[1:-1], axis=1)) == {round(440 / bin_hz)}
+    # Window i is centred on block i: its energy comes from block i and half of each neighbour.
+    window = mc.sqrt_hann()
+    centre = audio[5 * mc.BLOCK_SIZE - mc.BLOCK_SIZE // 2: 7 * mc.BLOCK_SIZE - mc.BLOCK_SIZE // 2]
+    magnitudes = np.abs(np.fft.rfft(centre * window))
+    np.testing.assert_allclose(np.exp(frames[5]) - mc.MAGNITUDE_FLOOR, magnitudes,
+                               atol=1e-4 * magnitudes.max())
+
+
+def test_the_window_overlap_adds_to_one(mc):
+    window = mc.sqrt_hann().astype(np.float64) ** 2
+    np.testing.assert_allclose(window[: mc.BLOCK_SIZE] + window[mc.BLOCK_SIZE:], 1.0, atol=1e-6)
+
+
+def test_a_steady_tone_is_rebuilt_from_magnitudes_alone(mc):
+    audio = tone(4.0, 440.0, amplitude=0.5)
+    rebuilt = rebuild(mc, mc.frames_from_audio(audio, "magnitude"))[0, mc.BLOCK_SIZE:]
+    assert mc.rms_db(rebuilt) == pytest.approx(mc.rms_db(audio), abs=0.5)
+    assert mc.click_ratio(rebuilt) < 1.1  # no step where blocks join
+    spectrum = np.abs(np.fft.rfft(rebuilt))
+    assert np.argmax(spectrum) * mc.SAMPLE_RATE / len(rebuilt) == pytest.approx(440, abs=1)
+
+
+def test_music_rebuilt_from_magnitudes_keeps_its_level_and_joins(mc):
+    audio = mc.demo_piece(12.0)  # piano-like notes with soft attacks
+    rebuilt = rebuild(mc, mc.frames_from_audio(audio, "magnitude"), pieces=2)
+    np.testing.assert_array_equal(rebuilt[0], rebuilt[1])  # pieces are rebuilt independently
+    # The rebuilt audio lags by half a block (the windows are centred on the blocks).
+    body = rebuilt[0, mc.BLOCK_SIZE // 2 :]
+    assert mc.rms_db(body) == pytest.approx(mc.rms_db(audio), abs=1.0)
+    assert mc.click_ratio(body) < 1.2
+    # Notes switched hard on the block grid click in the music itself (ratio near 10); the
+    # overlapping windows smooth them.
+    hard = melody(8.0, seed=3)
+    assert mc.click_ratio(hard) > 5
+    rebuilt_hard = rebuild(mc, mc.frames_from_audio(hard, "magnitude"))[0, mc.BLOCK_SIZE // 2:]
+    assert mc.click_ratio(rebuilt_hard) < 1.5
+
+
+def test_a_seed_of_real_audio_flows_into_the_rebuilt_music(mc):
+    """prime_with_audio starts from the seed's own phase: a tone continued by its own magnitudes
+    goes on without a step at the join, at the same level."""
+    audio = tone(3.0, 440.0, amplitude=0.5)
+    seed, rest = audio[: 2 * mc.SAMPLE_RATE], audio[2 * mc.SAMPLE_RATE - mc.BLOCK_SIZE:]
+    synthesis = mc.PhaseRebuilder(1)
+    synthesis.prime_with_audio(seed[None, -mc.WINDOW_SIZE:])
+    frames = mc.seed_frames(rest[: 2 * mc.WINDOW_SIZE + mc.BLOCK_SIZE], "magnitude")[:1]
+    block = synthesis.push(frames)[0]  # the seed's last block, faded into the new frame
+    joined = np.concatenate([seed[: -mc.BLOCK_SIZE], block])
+    jumps = np.abs(np.diff(joined[-2 * mc.BLOCK_SIZE:]))  # the join: from index BLOCK_SIZE - 1
+    steepest_of_the_tone = 2 * np.pi * 440 / mc.SAMPLE_RATE * 0.5
+    assert jumps[mc.BLOCK_SIZE - 1] < 1.1 * steepest_of_the_tone
+    assert mc.rms_db(block) == pytest.approx(mc.rms_db(audio), abs=1.0)
+
+
+def test_seed_frames_end_where_the_seed_ends(mc):
+    audio = melody(3.0, seed=4)
+    for kind in ("magnitude", "plain"):
+        frames = mc.seed_frames(audio[-(5 * mc.BLOCK_SIZE):], kind)
+        assert frames.shape == (mc.WINDOW_FRAMES, mc.NUM_FEATURES)
+    last = mc.seed_frames(audio, "magnitude")[-1]
+    magnitudes = np.abs(np.fft.rfft(audio[-mc.WINDOW_SIZE:] * mc.sqrt_hann()))
+    np.testing.assert_allclose(np.exp(last) - mc.MAGNITUDE_FLOOR, magnitudes,
+                               atol=1e-4 * magnitudes.max())
+    short = mc.seed_frames(audio[-4 * mc.BLOCK_SIZE:], "magnitude")  # 1 s: padded in front
+    assert short.shape == (mc.WINDOW_FRAMES, mc.NUM_FEATURES)
+
+
 def test_running_statistics_match_numpy(mc):
     rng = np.random.default_rng(0)
     chunks = [rng.normal(3.0, 2.0, size=(n, 5)).astype(np.float32) for n in (1, 7, 30)]

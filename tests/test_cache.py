@@ -28,17 +28,19 @@ def snapshot(folder):
             for p in sorted(folder.iterdir()) if p.is_file()}
 
 
-def expected_frames(mc, paths):
+def expected_frames(mc, paths, kind):
     """The normalised frames computed afresh, without the cache."""
-    frames = [mc.frames_from_blocks(mc.blocks_from_audio(mc.read_wav(p)[0])) for p in paths]
+    frames = [mc.frames_from_audio(mc.read_wav(p)[0], kind) for p in paths]
     everything = np.concatenate(frames).astype(np.float64)
     mean, std = everything.mean(axis=0), np.maximum(everything.std(axis=0), mc.STD_FLOOR)
     return (everything - mean) / std, [len(f) for f in frames]
 
 
-def test_cache_equals_frames_computed_fresh(mc, music, tmp_path):
-    cache = mc.prepare_cache(music, tmp_path / "cache")
-    expected, lengths = expected_frames(mc, [music / "a.wav", music / "b.wav"])
+@pytest.mark.parametrize("kind", ["magnitude", "plain"])
+def test_cache_equals_frames_computed_fresh(mc, music, tmp_path, kind):
+    cache = mc.prepare_cache(music, tmp_path / "cache", kind)
+    assert cache.kind == kind
+    expected, lengths = expected_frames(mc, [music / "a.wav", music / "b.wav"], kind)
     assert isinstance(cache.frames, np.memmap)  # read lazily, never loaded whole
     assert cache.frames.dtype == np.float32
     np.testing.assert_allclose(cache.frames, expected, atol=2e-3)
@@ -74,7 +76,7 @@ def test_cache_is_rebuilt_when_the_music_changes(mc, music, tmp_path, capsys, ch
     second = mc.prepare_cache(music, tmp_path / "cache")
     assert "Building the frame cache" in capsys.readouterr().out
     assert second.fingerprint != first.fingerprint
-    expected, _ = expected_frames(mc, mc.find_wav_files(music))
+    expected, _ = expected_frames(mc, mc.find_wav_files(music), mc.DEFAULT_FRAMES)
     np.testing.assert_allclose(second.frames, expected, atol=2e-3)
     assert len(list((tmp_path / "cache").glob("frames-*"))) == 1  # the old cache is gone
 
@@ -152,7 +154,7 @@ def test_sigkill_during_preprocessing_then_a_clean_rebuild(mc, tmp_path):
     assert not (cache_dir / "cache.json").exists()
     assert mc.load_cache(cache_dir, mc.dataset_fingerprint(mc.find_wav_files(music))) is None
     cache = mc.prepare_cache(music, cache_dir)
-    expected, _ = expected_frames(mc, mc.find_wav_files(music))
+    expected, _ = expected_frames(mc, mc.find_wav_files(music), mc.DEFAULT_FRAMES)
     np.testing.assert_allclose(cache.frames, expected, atol=2e-3)
     assert not list(cache_dir.glob("*.partial-*"))  # the killed run's leftovers are cleared
     assert snapshot(music) == before

@@ -217,7 +217,8 @@ def test_write_pieces_with_a_known_predictor(mc, tmp_path):
     mean, std = np.zeros(mc.NUM_FEATURES, np.float32), np.ones(mc.NUM_FEATURES, np.float32)
     paths = [tmp_path / "p-0.wav", tmp_path / "p-1.wav"]
     mc.write_pieces(lambda frames: np.tile(target, (len(frames), 1)),
-                    np.zeros((2, 4, mc.NUM_FEATURES), np.float32), mean, std, 2, paths)
+                    np.zeros((2, 4, mc.NUM_FEATURES), np.float32), mean, std, 2, paths,
+                    mc.PlainSynthesis())
     from scipy.io import wavfile
     for path in paths:
         rate, samples = wavfile.read(path)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import melody, tone
+from conftest import melody, tone, write_int16
 
 RATE = 44_100
 
@@ -20,18 +20,17 @@ def white_noise(seconds, seed=0):
         np.float32)
 
 
-def reference_of(mc, audio):
-    """The training-music reference of one signal, the way the tool builds it (via frames)."""
-    frames = mc.frames_from_blocks(mc.blocks_from_audio(audio))
-    mean, std = frames.mean(axis=0), np.maximum(frames.std(axis=0), mc.STD_FLOOR)
-    cache = mc.FrameCache(mc.normalise(frames, mean, std), np.array([0, len(frames)]), mean, std,
-                          ["music.wav"], "test", mc.rms_db(audio))
-    return mc.music_reference(cache, mc.rms_db(audio))
+def reference_of(mc, folder, audio):
+    """The training-music reference of one signal, the way the tool builds it: in its cache."""
+    music = folder / "music"
+    music.mkdir()
+    write_int16(music / "music.wav", audio)
+    return mc.prepare_cache(music, folder / "cache").reference
 
 
 @pytest.fixture(scope="module")
-def music_reference(mc):
-    return reference_of(mc, melody(60.0, seed=11))
+def music_reference(mc, tmp_path_factory):
+    return reference_of(mc, tmp_path_factory.mktemp("reference"), melody(60.0, seed=11))
 
 
 def test_level_of_a_sine(mc):
@@ -112,13 +111,15 @@ def test_streaming_in_chunks_gives_the_whole_signal_answer(mc):
                                .reshape(seconds, per_second, -1).mean(axis=1), atol=1e-4)
 
 
-def test_the_reference_rebuilt_from_frames_equals_one_from_the_audio(mc):
+def test_the_cached_reference_equals_one_from_the_audio(mc, tmp_path):
     audio = melody(5.0, seed=16)
-    reference = reference_of(mc, audio)
-    padded = mc.blocks_from_audio(audio).ravel()  # the cache holds whole, zero-padded blocks
-    whole = mc.log_mel_frames(padded, mc.mel_filterbank()).astype(np.float64)
+    reference = reference_of(mc, tmp_path, audio)
+    samples, _ = mc.read_wav(tmp_path / "music" / "music.wav")  # what the 16-bit file holds
+    whole = mc.log_mel_frames(samples, mc.mel_filterbank()).astype(np.float64)
     np.testing.assert_allclose(reference.mel_mean, whole.mean(axis=0), atol=1e-3)
     np.testing.assert_allclose(reference.mel_cov, np.cov(whole, rowvar=False), atol=1e-2)
+    assert reference.rms_db == pytest.approx(mc.rms_db(audio), abs=0.01)
+    assert len(reference.second_means) == 1 and len(reference.second_means[0]) == 4
 
 
 def test_a_wav_read_on_demand_measures_like_the_array(mc, tmp_path, music_reference):

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""What music-composer.py's music sounds like, in figures: the quality benchmark (issue 7).
+
+    python3 tests/quality.py                         # both sets, both kinds of frame: hours on a CPU
+    python3 tests/quality.py --sets synthetic        # only the synthetic melody
+    python3 tests/quality.py --frames plain          # only the original frames
+    python3 tests/quality.py -e 2 -n 64 -l 1         # a smoke run, in minutes
+
+For each training set and each kind of frame it runs the real command line at the default
+network size (unless told otherwise), generates 30-second pieces and collects the quality
+report the tool writes beside each piece (NAME-i.json). The sets:
+
+- synthetic: the demo's piano-like melody over C-G-Am-F, 150 s (notes of 0.25 and 0.5 s),
+  made by the tool's own demo_piece(); another 30 s rendition with different notes is held out.
+- soundtrack: the music of Debian's extremetuxracer-data package, fetched with
+  `apt-get download` (no root needed) and unpacked with dpkg-deb; its OGG files are converted
+  to 16-bit WAV with soundfile (libsndfile). race1-jt.ogg is held out of training.
+
+The held-out piece is measured against the training music exactly as a generated piece is: its
+spectral distance is the target a generated piece should reach. Not part of the CI suite.
+Everything goes into --work (default: quality-runs/, ignored by git); a summary is printed and
+written to WORK/quality.json.
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.io import wavfile
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE.parent / "music-composer.py"
+RATE = 44_100
+PIECE_SECONDS = 30
+HELD_OUT_SOUNDTRACK = "race1-jt"
+TARGETS = "level within 6 dB of the music, |last - first| <= 3 dB, clicks <= 1.2, " \
+          "movement >= 0.7, distance <= the held-out piece's"
+
+
+def load_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("music_composer", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -----------------------------------------------------------------------------
+# The two training sets
+
+
+def write_wav(path, audio):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wavfile.write(path, RATE, (np.clip(audio, -1, 1) * 32767).round().astype(np.int16))
+
+
+def synthetic_set(tool, folder):
+    """150 s of the demo melody to train on, and 30 s with other notes held out."""
+    write_wav(folder / "train" / "melody.wav", tool.demo_piece(150.0))
+    write_wav(folder / "held-out" / "melody-other-notes.wav",
+              tool.demo_piece(float(PIECE_SECONDS), seed=2024))
+    return folder / "train", folder / "held-out" / "melody-other-notes.wav"
+
+
+def soundtrack_set(folder):
+    """extremetuxracer-data's OGG soundtrack as 16-bit WAV files, one piece held out."""
+    try:
+        import soundfile
+    except ImportError:
+        sys.exit("The soundtrack set needs soundfile: pip install -r requirements-test.txt")
+    download = folder / "download"
+    download.mkdir(parents=True, exist_ok=True)
+    if not list(download.glob("extremetuxracer-data_*.deb")):
+        print("Fetching extremetuxracer-data with apt-get download...", flush=True)
+        fetched = subprocess.run(["apt-get", "download", "extremetuxracer-data"], cwd=download,
+                                 capture_output=True, text=True)
+        if fetched.returncode != 0:
+            sys.exit(f"apt-get download extremetuxracer-data failed (try `apt-get update` "
+                     f"first):\n{fetched.stderr}")
+    package = next(download.glob("extremetuxracer-data_*.deb"))
+    unpacked = folder / "unpacked"
+    if not unpacked.exists():
+        subprocess.run(["dpkg-deb", "-x", str(package), str(unpacked)], check=True)
+    oggs = sorted(unpacked.glob("usr/share/games/etr/music/*.ogg"))
+    if not oggs:
+        sys.exit(f"No OGG files under {unpacked}/usr/share/games/etr/music/")
+    for ogg in oggs:
+        part = "held-out" if ogg.stem == HELD_OUT_SOUNDTRACK else "train"
+        wav = folder / part / f"{ogg.stem}.wav"
+        if not wav.exists():
+            audio, rate = soundfile.read(ogg, dtype="float32")
+            wav.parent.mkdir(parents=True, exist_ok=True)
+            soundfile.write(wav, audio, rate, subtype="PCM_16")
+    return folder / "train", folder / "held-out" / f"{HELD_OUT_SOUNDTRACK}.wav"
+
+
+# -----------------------------------------------------------------------------
+# Runs and figures
+
+
+def run_tool(train_folder, run_folder, frames, args):
+    """Train from scratch and write the pieces; returns the report of each piece."""
+    shutil.rmtree(run_folder, ignore_errors=True)
+    run_folder.mkdir(parents=True)
+    command = [sys.executable, str(SCRIPT), "-d", str(train_folder),
+               "-t", str(run_folder / "train_data"), "-o", str(run_folder / "piece"),
+               "-s", str(PIECE_SECONDS), "-g", str(args.pieces), "--frames", frames,
+               "--random-seed", str(args.random_seed), "--no-plots"]
+    for flag, value in (("-e", args.epochs), ("-n", args.neurons), ("-l", args.layers)):
+        if value is not None:
+            command += [flag, str(value)]
+    print("$ " + " ".join(command), flush=True)
+    started = time.perf_counter()
+    with open(run_folder / "log.txt", "w") as log:
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - started
+    if finished.returncode != 0:
+        sys.exit(f"music-composer.py failed (exit {finished.returncode}); see {run_folder}/log.txt")
+    reports = [json.loads(path.read_text()) for path in sorted(run_folder.glob("piece-*.json"))]
+    return reports, seconds
+
+
+def held_out_figures(tool, train_folder, run_folder, held_out, frames):
+    """The held-out piece (its first 30 s) measured against the training music's figures,
+    which the tool keeps in its cache."""
+    fingerprint = tool.dataset_fingerprint(tool.find_wav_files(train_folder), frames)
+    cache = tool.load_cache(run_folder / "train_data", fingerprint)
+    audio, _ = tool.read_wav(held_out)
+    return tool.measure_piece(audio[: PIECE_SECONDS * RATE], cache.reference)
+
+
+def summary(reports, held_out, seconds):
+    """Medians over the pieces, and how many pieces meet each target."""
+    def median(key):
+        return statistics.median(report[key] for report in reports)
+
+    music_db = reports[0]["music_db"]
+    level_ok = [abs(r["first_second_db"] - music_db) <= 6 and abs(r["last_second_db"] - music_db)
+                <= 6 for r in reports]
+    return {"pieces": len(reports), "run_seconds": round(seconds),
+            "music_db": round(music_db, 1),
+            "first_second_db": round(median("first_second_db"), 1),
+            "last_second_db": round(median("last_second_db"), 1),
+            "fade_db": round(statistics.median(r["last_second_db"] - r["first_second_db"]
+                                               for r in reports), 1),
+            "clicks": round(median("clicks"), 2),
+            "movement": round(median("movement"), 2),
+            "spectral_distance": round(median("spectral_distance")),
+            "held_out_distance": round(held_out["spectral_distance"]),
+            "held_out_movement": round(held_out["movement"], 2),
+            "meet": {"level": sum(level_ok),
+                     "fade": sum(abs(r["last_second_db"] - r["first_second_db"]) <= 3
+                                 for r in reports),
+                     "clicks": sum(r["clicks"] <= 1.2 for r in reports),
+                     "movement": sum(r["movement"] >= 0.7 for r in reports),
+                     "distance": sum(r["spectral_distance"] <= held_out["spectral_distance"]
+                                     for r in reports)}}
+
+
+def print_table(results):
+    print(f"\nTargets for {PIECE_SECONDS}-s pieces: {TARGETS}. Medians over the pieces; "
+          f"'meet' counts the pieces meeting each target.")
+    header = (f"{'set':<11}{'frames':<11}{'music dB':>9}{'first':>7}{'last':>7}{'clicks':>8}"
+              f"{'movement':>10}{'distance':>10}{'held-out':>10}  meet (level/fade/clicks/"
+              f"movement/distance)")
+    print(header)
+    for (name, frames), figures in results.items():
+        meet = "/".join(str(figures["meet"][key]) for key in
+                        ("level", "fade", "clicks", "movement", "distance"))
+        print(f"{name:<11}{frames:<11}{figures['music_db']:>9}{figures['first_second_db']:>7}"
+              f"{figures['last_second_db']:>7}{figures['clicks']:>8}{figures['movement']:>10}"
+              f"{figures['spectral_distance']:>10}{figures['held_out_distance']:>10}  "
+              f"{meet} of {figures['pieces']}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default="synthetic,soundtrack")
+    parser.add_argument("--frames", default="magnitude,plain",
+                        help="kinds of frame to compare (the tool's --frames)")
+    parser.add_argument("--work", type=Path, default=HERE.parent / "quality-runs")
+    parser.add_argument("--pieces", type=int, default=5)
+    parser.add_argument("--random-seed", type=int, default=1)
+    parser.add_argument("-e", "--epochs", type=int, help="default: the tool's")
+    parser.add_argument("-n", "--neurons", type=int, help="default: the tool's")
+    parser.add_argument("-l", "--layers", type=int, help="default: the tool's")
+    args = parser.parse_args()
+
+    tool = load_tool()
+    results = {}
+    for name in args.sets.split(","):
+        if name == "synthetic":
+            train_folder, held_out = synthetic_set(tool, args.work / "synthetic")
+        elif name == "soundtrack":
+            train_folder, held_out = soundtrack_set(args.work / "soundtrack")
+        else:
+            sys.exit(f"unknown set {name!r}: choose from synthetic, soundtrack")
+        for frames in args.frames.split(","):
+            run_folder = args.work / f"{name}-{frames}"
+            reports, seconds = run_tool(train_folder, run_folder, frames, args)
+            figures = summary(reports, held_out_figures(tool, train_folder, run_folder, held_out,
+                                                        frames),
+                              seconds)
+            results[(name, frames)] = figures
+            print(json.dumps({"set": name, "frames": frames, **figures}), flush=True)
+    print_table(results)
+    settings = {key: getattr(args, key) for key in ("epochs", "neurons", "layers", "pieces",
+                                                    "random_seed")}
+    (args.work / "quality.json").write_text(json.dumps(
+        {"settings": settings, "results": [{"set": name, "frames": frames, **figures}
+                                           for (name, frames), figures in results.items()]},
+        indent=1))
+
+
+if __name__ == "__main__":
+    main()
