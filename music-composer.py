@@ -969,7 +969,8 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
                 frames, self.order[index * batch_size : (index + 1) * batch_size])
             if input_noise:  # seeded per batch: repeatable whichever thread asks
                 noise_rng = np.random.default_rng((self.noise_seed, self.epoch, index))
-                inputs += input_noise * noise_rng.standard_normal(inputs.shape, np.float32)
+                # A new array: inputs and targets are views of the same windows.
+                inputs = inputs + input_noise * noise_rng.standard_normal(inputs.shape, np.float32)
             return inputs, targets
 
         def on_epoch_end(self):

@@ -83,7 +83,10 @@ def test_seed_wav_continues_music_the_network_never_heard(trained):
         _, original = wavfile.read(source)
         rate, piece = wavfile.read(root / f"cont-{index}.wav")
         assert rate == 44_100 and len(piece) == (2 + 2) * 44_100  # 2 s of the seed, 2 s new
-        np.testing.assert_allclose(piece[: 2 * 44_100], original[-2 * 44_100:], atol=1)
+        # The seed's last 2 s, unchanged but for the last quarter second, where the first
+        # overlapping window fades it into the new music.
+        unchanged = 2 * 44_100 - 11_025
+        np.testing.assert_allclose(piece[:unchanged], original[-2 * 44_100 : -11_025], atol=1)
         assert np.abs(piece[2 * 44_100:]).max() > 0
         png_size(root / f"cont-{index}.png")
 

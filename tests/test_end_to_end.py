@@ -81,6 +81,34 @@ def test_a_different_shape_is_refused_and_the_checkpoint_untouched(trained):
     assert checkpoint.read_bytes() == before
 
 
+def test_other_frames_are_refused_and_the_checkpoint_untouched(trained):
+    root, music, _ = trained
+    checkpoint = root / "cache" / "model.keras"
+    assert load_script().read_checkpoint_metadata(checkpoint)[0]["frame"] == "magnitude"
+    before = checkpoint.read_bytes()
+    result = run_cli("-d", music, "-t", root / "cache", "-e", "1", "--frames", "plain", *TINY,
+                     cwd=root)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "trained on magnitude frames" in result.stderr and "--frames magnitude" in result.stderr
+    assert checkpoint.read_bytes() == before
+
+
+def test_plain_frames_run_the_original_way(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "one.wav", melody(6.0, seed=1))
+    result = run_cli("-d", music, "-t", tmp_path / "cache", "-e", "1", "-g", "2", "-s", "2",
+                     "--frames", "plain", "--no-plots", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    mc = load_script()
+    assert mc.read_checkpoint_metadata(tmp_path / "cache" / "model.keras")[0]["frame"] == "plain"
+    manifest = json.loads((tmp_path / "cache" / "cache.json").read_text())
+    assert manifest["settings"]["frame"] == "plain"
+    for index in range(2):
+        assert_good_piece(tmp_path / f"output-{index}.wav", 2)
+        assert (tmp_path / f"output-{index}.json").exists()
+
+
 def test_epochs_zero_generates_only(trained):
     root, music, _ = trained
     checkpoint = root / "cache" / "model.keras"

@@ -226,6 +226,66 @@ def test_write_pieces_with_a_known_predictor(mc, tmp_path):
         np.testing.assert_allclose(samples / 32767, np.tile(block, 8), atol=2e-4)
 
 
+@pytest.mark.parametrize("kind", ["magnitude", "plain"])
+def test_write_pieces_after_a_prefix(mc, tmp_path, kind):
+    """A --seed-wav piece: the seed's last 2 s, then the new music; with overlapping magnitude
+    windows the last quarter second of the prefix fades into the first new block."""
+    prefix = (0.3 * np.sin(2 * np.pi * 330 * np.arange(2 * 44_100) / 44_100)).astype(np.float32)
+    synthesis = mc.make_synthesis(kind, 1)
+    synthesis.prime_with_audio(prefix[None, -mc.WINDOW_SIZE:])
+    frame = mc.frames_from_audio(prefix, kind)[4]
+    mean, std = np.zeros(mc.NUM_FEATURES, np.float32), np.ones(mc.NUM_FEATURES, np.float32)
+    path = tmp_path / "p-0.wav"
+    mc.write_pieces(lambda frames: np.tile(frame, (len(frames), 1)),
+                    np.zeros((1, 4, mc.NUM_FEATURES), np.float32), mean, std, 3, [path],
+                    synthesis, [prefix])
+    from scipy.io import wavfile
+    _, samples = wavfile.read(path)
+    assert len(samples) == (2 + 3) * 44_100
+    unchanged = len(prefix) - synthesis.overlap
+    assert synthesis.overlap == (11_025 if kind == "magnitude" else 0)
+    np.testing.assert_allclose(samples[:unchanged] / 32767, prefix[:unchanged], atol=1e-4)
+
+
+def test_input_noise_touches_the_inputs_only_and_repeats(mc):
+    frames = np.zeros((60, 3), np.float32)
+    starts = np.arange(0, 50)
+
+    def first_batch(noise, seed=0):
+        return mc.make_batches(frames, starts, 8, np.random.default_rng(seed), shuffle=True,
+                               input_noise=noise)[0]
+
+    inputs, targets = first_batch(0.5)
+    assert not targets.any()
+    assert inputs.std() == pytest.approx(0.5, rel=0.25)
+    np.testing.assert_array_equal(first_batch(0.5)[0], inputs)  # the same seed, the same noise
+    assert not first_batch(0.0)[0].any()
+
+
+def test_sampled_errors_add_a_whole_error_frame_times_the_temperature(mc):
+    errors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    plain = lambda frames: np.ones_like(frames)  # noqa: E731
+    assert mc.with_sampled_errors(plain, errors, 0.0, np.random.default_rng(0)) is plain
+    sampled = mc.with_sampled_errors(plain, errors, 0.5, np.random.default_rng(0))
+    added = (sampled(np.zeros((50, 3), np.float32)) - 1) / 0.5
+    rows = {tuple(row) for row in added}
+    assert rows <= {tuple(row) for row in errors} and len(rows) > 1
+
+
+def test_prediction_errors_are_targets_minus_predictions_on_held_out_windows(mc):
+    model = mc.build_model(3, 4, 1)
+    frames = np.random.default_rng(1).standard_normal((100, 3)).astype(np.float32)
+    cache = mc.FrameCache(frames, np.array([0, 100]), None, None, [], "", 0.0, "magnitude", None)
+    errors = mc.prediction_errors(model, cache, np.random.default_rng(0), count=3)
+    _, validation = mc.split_windows(cache.file_starts)
+    expected = np.stack([frames[start + 4] - model.predict(frames[None, start : start + 4],
+                                                           verbose=0)[0, -1]
+                         for start in validation])
+    assert errors.shape == (3, 3)
+    for error in errors:  # each one is the error on one held-out window
+        assert np.abs(expected - error).max(axis=1).min() < 1e-5
+
+
 def test_checkpoint_round_trip_and_refusal_of_a_foreign_file(mc, tmp_path):
     model = mc.build_model(6, 4, 1)
     metadata = {"version": mc.CHECKPOINT_VERSION, "hidden_neurons": 4, "hidden_layers": 1,
