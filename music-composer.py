@@ -888,7 +888,8 @@ def read_checkpoint_metadata(path):
 
 def checkpoint_frames(metadata):
     """The kind of frame a checkpoint was trained on (before --frames, always plain)."""
-    return {"rfft-real-imag": "plain"}.get(metadata.get("frame"), metadata.get("frame"))
+    saved = metadata.get("frame", "rfft-real-imag")
+    return {"rfft-real-imag": "plain"}.get(saved, saved)
 
 
 def check_checkpoint_frames(path, metadata, kind):

@@ -49,6 +49,14 @@ def test_seed_wavs_make_one_piece_each(mc):
     assert parse(mc, ["--no-plots"]).plots is False and parse(mc, []).plots is True
 
 
+def test_frames_default_to_magnitude_and_plain_is_the_original(mc, tmp_path):
+    assert parse(mc, []).frames == "magnitude" == mc.DEFAULT_FRAMES
+    assert parse(mc, ["--frames", "plain"]).frames == "plain"
+    result = run_cli("--frames", "phase", cwd=tmp_path)
+    assert result.returncode == 2 and "--frames" in result.stderr and "plain" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
+
+
 def test_short_and_long_flags_are_the_same(mc):
     parser = mc.make_parser()
     short = parser.parse_args("-d a -t b -o c -n 3 -l 2 -e 0 -b 5 -s 7 -g 1".split())
@@ -96,7 +104,8 @@ def test_help_lists_every_flag_with_its_default(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
     text = " ".join(result.stdout.split())  # argparse wraps lines where it likes
-    for flag in ["-d", "-t", "-o", *FLAGS, "--random-seed", "--seed-wav", "--demo", "--no-plots"]:
+    for flag in ["-d", "-t", "-o", *FLAGS, "--random-seed", "--seed-wav", "--frames", "--demo",
+                 "--no-plots"]:
         assert f"{flag} " in text or f"{flag}," in text
     for default in ["input_music_dataset/", "train_data/", "output", "1024", "4", "20", "10"]:
         assert f"(default: {default}" in text

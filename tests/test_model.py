@@ -286,6 +286,14 @@ def test_prediction_errors_are_targets_minus_predictions_on_held_out_windows(mc)
         assert np.abs(expected - error).max(axis=1).min() < 1e-5
 
 
+def test_checkpoints_from_before_frame_kinds_count_as_plain(mc, tmp_path):
+    assert mc.checkpoint_frames({"frame": "rfft-real-imag"}) == "plain"
+    assert mc.checkpoint_frames({"frame": "magnitude"}) == "magnitude"
+    mc.check_checkpoint_frames(tmp_path, {"frame": "rfft-real-imag"}, "plain")
+    with pytest.raises(mc.UserError, match="--frames plain"):
+        mc.check_checkpoint_frames(tmp_path, {"frame": "rfft-real-imag"}, "magnitude")
+
+
 def test_checkpoint_round_trip_and_refusal_of_a_foreign_file(mc, tmp_path):
     model = mc.build_model(6, 4, 1)
     metadata = {"version": mc.CHECKPOINT_VERSION, "hidden_neurons": 4, "hidden_layers": 1,
