@@ -85,6 +85,7 @@ class Config:
     seed_wavs: tuple = ()  # WAV files whose last second seeds a piece each; () = training clips
     plots: bool = True  # loss curve after training, a spectrogram per piece
     frames: str = DEFAULT_FRAMES  # the kind of frame: a key of FRAME_KINDS
+    temperature: float = SAMPLING[DEFAULT_FRAMES]["temperature"]  # scale of sampled errors
     demo: bool = False  # write and use the built-in demo piece
 
 
@@ -1553,10 +1554,9 @@ def compose(model, cache, config, mean, std, rng, seed_wavs=None):
         say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
             f"1 s clips of the training music...")
     paths = output_paths(config.output_name, len(raw_seeds))
-    temperature = SAMPLING[config.frames]["temperature"]
-    predict_next = with_sampled_errors(make_step_function(model, len(raw_seeds)),
-                                       prediction_errors(model, cache, rng) if temperature else None,
-                                       temperature, rng)
+    errors = prediction_errors(model, cache, rng) if config.temperature else None
+    predict_next = with_sampled_errors(make_step_function(model, len(raw_seeds)), errors,
+                                       config.temperature, rng)
     write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, config.seconds, paths,
                  synthesis, prefixes)
     say(f"Wrote {len(paths)} piece(s).")
@@ -1801,6 +1801,17 @@ def random_seed(text):
     return value
 
 
+def temperature(text):
+    """A number from 0 to 4: the scale of the sampled errors (see with_sampled_errors)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 0.5, got {text!r}") from None
+    if not 0 <= value <= 4:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be from 0 to 4, got {text}")
+    return value
+
+
 def output_name(text):
     if not text or text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"expected a file name without .wav, got {text!r}")
@@ -1844,6 +1855,10 @@ def make_parser():
     generation.add_argument("--seed-wav", nargs="+", metavar="FILE",
                             help="continue these WAV files instead of clips of the training "
                                  "music: one piece each, starting with the file's last 2 s")
+    generation.add_argument("--temperature", type=temperature,
+                            help="how much of the network's own errors to add back to each "
+                                 "predicted frame: 0 writes its plain average, higher moves "
+                                 "more (default: 0.5; 0 with --frames plain, as the original)")
     generation.add_argument("--frames", choices=list(FRAME_KINDS),
                             help="how audio becomes frames: " + "; ".join(
                                 f"{kind}: {text}" for kind, text in FRAME_KINDS.items()))
@@ -1866,6 +1881,7 @@ def config_from_args(args, parser):
         return defaults[name] if value is None else value
 
     seed_wavs = tuple(Path(path) for path in args.seed_wav or ())
+    frames = args.frames or DEFAULT_FRAMES
     return Config(dataset_dir=Path(setting("datasets_folder_path")),
                   cache_dir=Path(setting("traindata_folder_path")),
                   output_name=setting("output_music_name"),
@@ -1874,7 +1890,8 @@ def config_from_args(args, parser):
                   batch_size=setting("batch_size"), seconds=setting("seconds_to_generate"),
                   num_pieces=len(seed_wavs) or setting("generated_music_num"),
                   random_seed=args.random_seed, seed_wavs=seed_wavs, plots=not args.no_plots,
-                  frames=args.frames or DEFAULT_FRAMES, demo=args.demo)
+                  frames=frames, temperature=SAMPLING[frames]["temperature"]
+                  if args.temperature is None else args.temperature, demo=args.demo)
 
 
 def print_settings(config):

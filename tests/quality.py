@@ -57,6 +57,9 @@ def load_tool():
 
 
 def write_wav(path, audio):
+    """Written once: rewriting it would change its time stamp, and the tool's cache with it."""
+    if path.exists():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     wavfile.write(path, RATE, (np.clip(audio, -1, 1) * 32767).round().astype(np.int16))
 
@@ -105,46 +108,65 @@ def soundtrack_set(folder):
 # Runs and figures
 
 
-def run_tool(train_folder, run_folder, frames, args):
-    """Train from scratch and write the pieces; returns the report of each piece."""
-    shutil.rmtree(run_folder, ignore_errors=True)
-    run_folder.mkdir(parents=True)
+def run_tool(train_folder, run_folder, frames, args, temperature=None):
+    """Train from scratch and write the pieces, or with a temperature, generate more from the
+    trained model with it; returns the report of each piece and the run's seconds."""
+    name = "piece" if temperature is None else f"t{temperature}"
+    if temperature is None:
+        shutil.rmtree(run_folder, ignore_errors=True)
+        run_folder.mkdir(parents=True)
     command = [sys.executable, str(SCRIPT), "-d", str(train_folder),
-               "-t", str(run_folder / "train_data"), "-o", str(run_folder / "piece"),
+               "-t", str(run_folder / "train_data"), "-o", str(run_folder / name),
                "-s", str(PIECE_SECONDS), "-g", str(args.pieces), "--frames", frames,
                "--random-seed", str(args.random_seed), "--no-plots"]
-    for flag, value in (("-e", args.epochs), ("-n", args.neurons), ("-l", args.layers)):
+    options = [("-e", args.epochs), ("-n", args.neurons), ("-l", args.layers)]
+    if temperature is not None:
+        options = [("-e", 0), ("-n", args.neurons), ("-l", args.layers),
+                   ("--temperature", temperature)]
+    for flag, value in options:
         if value is not None:
             command += [flag, str(value)]
     print("$ " + " ".join(command), flush=True)
     started = time.perf_counter()
-    with open(run_folder / "log.txt", "w") as log:
+    with open(run_folder / f"log-{name}.txt", "w") as log:
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - started
     if finished.returncode != 0:
-        sys.exit(f"music-composer.py failed (exit {finished.returncode}); see {run_folder}/log.txt")
-    reports = [json.loads(path.read_text()) for path in sorted(run_folder.glob("piece-*.json"))]
-    return reports, seconds
+        sys.exit(f"music-composer.py failed (exit {finished.returncode}); see "
+                 f"{run_folder}/log-{name}.txt")
+    return reports_of(run_folder, name), seconds
+
+
+def reports_of(run_folder, name):
+    return [json.loads(path.read_text()) for path in sorted(run_folder.glob(f"{name}-*.json"))]
 
 
 def held_out_figures(tool, train_folder, run_folder, held_out, frames):
     """The held-out piece (its first 30 s) measured against the training music's figures,
-    which the tool keeps in its cache."""
-    fingerprint = tool.dataset_fingerprint(tool.find_wav_files(train_folder), frames)
-    cache = tool.load_cache(run_folder / "train_data", fingerprint)
+    which the tool keeps in its cache; and the same piece turned into frames of this kind and
+    back, as generation does: what a network that predicted every frame perfectly would reach."""
+    cache = tool.prepare_cache(train_folder, run_folder / "train_data", frames)
     audio, _ = tool.read_wav(held_out)
-    return tool.measure_piece(audio[: PIECE_SECONDS * RATE], cache.reference)
+    audio = audio[: PIECE_SECONDS * RATE]
+    synthesis = tool.make_synthesis(frames, 1)
+    rebuilt = np.concatenate([synthesis.push(frame[None])[0]
+                              for frame in tool.frames_from_audio(audio, frames)])
+    rebuilt = rebuilt[synthesis.overlap // 2 :][: len(audio)]  # windows are centred on blocks
+    return (tool.measure_piece(audio, cache.reference),
+            tool.measure_piece(rebuilt, cache.reference))
 
 
-def summary(reports, held_out, seconds):
+def summary(reports, held_out_pair, seconds):
     """Medians over the pieces, and how many pieces meet each target."""
+    held_out, rebuilt = held_out_pair
+
     def median(key):
         return statistics.median(report[key] for report in reports)
 
     music_db = reports[0]["music_db"]
     level_ok = [abs(r["first_second_db"] - music_db) <= 6 and abs(r["last_second_db"] - music_db)
                 <= 6 for r in reports]
-    return {"pieces": len(reports), "run_seconds": round(seconds),
+    return {"pieces": len(reports), "run_seconds": None if seconds != seconds else round(seconds),
             "music_db": round(music_db, 1),
             "first_second_db": round(median("first_second_db"), 1),
             "last_second_db": round(median("last_second_db"), 1),
@@ -155,6 +177,10 @@ def summary(reports, held_out, seconds):
             "spectral_distance": round(median("spectral_distance")),
             "held_out_distance": round(held_out["spectral_distance"]),
             "held_out_movement": round(held_out["movement"], 2),
+            "held_out_first_last_db": [round(held_out["first_second_db"], 1),
+                                       round(held_out["last_second_db"], 1)],
+            "held_out_rebuilt_distance": round(rebuilt["spectral_distance"]),
+            "held_out_rebuilt_clicks": round(rebuilt["clicks"], 2),
             "meet": {"level": sum(level_ok),
                      "fade": sum(abs(r["last_second_db"] - r["first_second_db"]) <= 3
                                  for r in reports),
@@ -167,16 +193,19 @@ def summary(reports, held_out, seconds):
 def print_table(results):
     print(f"\nTargets for {PIECE_SECONDS}-s pieces: {TARGETS}. Medians over the pieces; "
           f"'meet' counts the pieces meeting each target.")
-    header = (f"{'set':<11}{'frames':<11}{'music dB':>9}{'first':>7}{'last':>7}{'clicks':>8}"
-              f"{'movement':>10}{'distance':>10}{'held-out':>10}  meet (level/fade/clicks/"
-              f"movement/distance)")
+    print("held-out: the distance of a held-out piece of the same music; rebuilt: that piece "
+          "turned into frames and back, as generation does.")
+    header = (f"{'set':<11}{'frames':<11}{'sampling':<9}{'music dB':>9}{'first':>7}{'last':>7}"
+              f"{'clicks':>8}{'movement':>10}{'distance':>10}{'held-out':>10}{'rebuilt':>9}  meet (level/"
+              f"fade/clicks/movement/distance)")
     print(header)
-    for (name, frames), figures in results.items():
+    for (name, frames, label), figures in results.items():
         meet = "/".join(str(figures["meet"][key]) for key in
                         ("level", "fade", "clicks", "movement", "distance"))
-        print(f"{name:<11}{frames:<11}{figures['music_db']:>9}{figures['first_second_db']:>7}"
+        print(f"{name:<11}{frames:<11}{label:<9}{figures['music_db']:>9}{figures['first_second_db']:>7}"
               f"{figures['last_second_db']:>7}{figures['clicks']:>8}{figures['movement']:>10}"
-              f"{figures['spectral_distance']:>10}{figures['held_out_distance']:>10}  "
+              f"{figures['spectral_distance']:>10}{figures['held_out_distance']:>10}"
+              f"{figures['held_out_rebuilt_distance']:>9}  "
               f"{meet} of {figures['pieces']}")
 
 
@@ -192,6 +221,11 @@ def main():
     parser.add_argument("-e", "--epochs", type=int, help="default: the tool's")
     parser.add_argument("-n", "--neurons", type=int, help="default: the tool's")
     parser.add_argument("-l", "--layers", type=int, help="default: the tool's")
+    parser.add_argument("--temperatures", default="",
+                        help="also generate from each trained model with these --temperature "
+                             "values, e.g. 0,0.5,1 (generation only, -e 0)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: measure again and summarise the pieces in --work")
     args = parser.parse_args()
 
     tool = load_tool()
@@ -205,18 +239,34 @@ def main():
             sys.exit(f"unknown set {name!r}: choose from synthetic, soundtrack")
         for frames in args.frames.split(","):
             run_folder = args.work / f"{name}-{frames}"
-            reports, seconds = run_tool(train_folder, run_folder, frames, args)
-            figures = summary(reports, held_out_figures(tool, train_folder, run_folder, held_out,
-                                                        frames),
-                              seconds)
-            results[(name, frames)] = figures
-            print(json.dumps({"set": name, "frames": frames, **figures}), flush=True)
+            if args.report_only:
+                reports = reports_of(run_folder, "piece")
+                seconds = json.loads((run_folder / "run.json").read_text())["seconds"] \
+                    if (run_folder / "run.json").exists() else float("nan")
+            else:
+                reports, seconds = run_tool(train_folder, run_folder, frames, args)
+                (run_folder / "run.json").write_text(json.dumps({"seconds": seconds}))
+            held_out_pair = held_out_figures(tool, train_folder, run_folder, held_out, frames)
+            runs = [("default", reports, seconds)]
+            for temperature in filter(None, args.temperatures.split(",")):
+                if args.report_only:
+                    runs.append((f"T={temperature}", reports_of(run_folder, f"t{temperature}"),
+                                 float("nan")))
+                else:
+                    runs.append((f"T={temperature}",
+                                 *run_tool(train_folder, run_folder, frames, args, temperature)))
+            for label, reports, seconds in runs:
+                figures = summary(reports, held_out_pair, seconds)
+                results[(name, frames, label)] = figures
+                print(json.dumps({"set": name, "frames": frames, "sampling": label, **figures}),
+                      flush=True)
     print_table(results)
     settings = {key: getattr(args, key) for key in ("epochs", "neurons", "layers", "pieces",
                                                     "random_seed")}
     (args.work / "quality.json").write_text(json.dumps(
-        {"settings": settings, "results": [{"set": name, "frames": frames, **figures}
-                                           for (name, frames), figures in results.items()]},
+        {"settings": settings, "results": [{"set": name, "frames": frames, "sampling": label,
+                                            **figures}
+                                           for (name, frames, label), figures in results.items()]},
         indent=1))
 
 

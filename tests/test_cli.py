@@ -57,6 +57,17 @@ def test_frames_default_to_magnitude_and_plain_is_the_original(mc, tmp_path):
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())
 
 
+def test_temperature_defaults_by_frames_and_is_checked(mc, tmp_path):
+    assert parse(mc, []).temperature == 0.5
+    assert parse(mc, ["--frames", "plain"]).temperature == 0.0  # the original: plain regression
+    assert parse(mc, ["--frames", "plain", "--temperature", "0.3"]).temperature == 0.3
+    assert parse(mc, ["--temperature", "0"]).temperature == 0.0
+    for bad in ["-1", "nan", "inf", "hot", "5"]:
+        result = run_cli(f"--temperature={bad}", cwd=tmp_path)
+        assert result.returncode == 2 and "--temperature" in result.stderr, bad
+        assert "Traceback" not in result.stderr
+
+
 def test_short_and_long_flags_are_the_same(mc):
     parser = mc.make_parser()
     short = parser.parse_args("-d a -t b -o c -n 3 -l 2 -e 0 -b 5 -s 7 -g 1".split())
@@ -104,8 +115,8 @@ def test_help_lists_every_flag_with_its_default(tmp_path):
     result = run_cli("--help", cwd=tmp_path)
     assert result.returncode == 0
     text = " ".join(result.stdout.split())  # argparse wraps lines where it likes
-    for flag in ["-d", "-t", "-o", *FLAGS, "--random-seed", "--seed-wav", "--frames", "--demo",
-                 "--no-plots"]:
+    for flag in ["-d", "-t", "-o", *FLAGS, "--random-seed", "--seed-wav", "--frames",
+                 "--temperature", "--demo", "--no-plots"]:
         assert f"{flag} " in text or f"{flag}," in text
     for default in ["input_music_dataset/", "train_data/", "output", "1024", "4", "20", "10"]:
         assert f"(default: {default}" in text
