@@ -365,7 +365,8 @@ class PhaseRebuilder:
     what is already known of the window: the previous frame's second half, which the new frame's
     first half overlaps (real-time iterative spectrogram inversion). Each push finishes one
     block: the previous frame's tail plus the new frame's head, both tapered, so blocks join
-    without a step.
+    without a step. Phases are kept as unit complex numbers, which spares a complex exponential
+    and an arctangent per bin and round.
     """
 
     overlap = BLOCK_SIZE
@@ -373,8 +374,9 @@ class PhaseRebuilder:
     def __init__(self, pieces, iterations=PHASE_ITERATIONS):
         num_bins = WINDOW_SIZE // 2 + 1
         self.tail = np.zeros((pieces, BLOCK_SIZE), np.float32)
-        self.phase = np.zeros((pieces, num_bins), np.float32)
-        self.advance = (np.pi * np.arange(num_bins) % (2 * np.pi)).astype(np.float32)
+        self.phase = np.ones((pieces, num_bins), np.complex64)  # unit phasors
+        # A bin-centred wave turns by pi * bin over one block (half a window): +1 or -1.
+        self.advance = np.where(np.arange(num_bins) % 2 == 0, 1, -1).astype(np.float32)
         self.iterations = iterations
 
     def prime(self, frames):
@@ -388,7 +390,7 @@ class PhaseRebuilder:
         from scipy import fft
 
         windowed = np.asarray(endings, np.float32) * sqrt_hann()
-        self.phase = np.angle(fft.rfft(windowed, axis=-1)).astype(np.float32)
+        self.phase = unit(fft.rfft(windowed, axis=-1))
         self.tail = windowed[:, BLOCK_SIZE:] * sqrt_hann()[BLOCK_SIZE:]
 
     def push(self, frames):  # (pieces, NUM_FEATURES) log-magnitudes -> (pieces, BLOCK_SIZE)
@@ -396,15 +398,25 @@ class PhaseRebuilder:
 
         window = sqrt_hann()
         magnitude = np.maximum(np.exp(frames) - MAGNITUDE_FLOOR, 0.0).astype(np.float32)
-        phase = self.phase + self.advance
+        phase = self.phase * self.advance
         for _ in range(self.iterations):
-            signal = fft.irfft(magnitude * np.exp(1j * phase), n=WINDOW_SIZE, workers=-1) * window
+            signal = fft.irfft(magnitude * phase, n=WINDOW_SIZE, workers=-1) * window
             signal[:, :BLOCK_SIZE] += self.tail  # the second half holds only this frame so far
-            phase = np.angle(fft.rfft(signal * window, workers=-1))
-        signal = fft.irfft(magnitude * np.exp(1j * phase), n=WINDOW_SIZE, workers=-1) * window
+            phase = unit(fft.rfft(signal * window, workers=-1))
+        signal = fft.irfft(magnitude * phase, n=WINDOW_SIZE, workers=-1) * window
         block = self.tail + signal[:, :BLOCK_SIZE]
-        self.tail, self.phase = signal[:, BLOCK_SIZE:].astype(np.float32), phase.astype(np.float32)
+        self.tail, self.phase = signal[:, BLOCK_SIZE:].astype(np.float32), phase
         return block.astype(np.float32)
+
+
+def unit(spectrum):
+    """Complex numbers scaled to magnitude 1 (1 where a bin is silent): their phases. A silent
+    bin must not keep a zero phasor, or it would stay silent whatever its magnitude later."""
+    magnitude = np.abs(spectrum)
+    silent = magnitude < 1e-30
+    phasors = spectrum * (1 / np.maximum(magnitude, 1e-30))
+    phasors += silent
+    return phasors.astype(np.complex64, copy=False)
 
 
 def make_synthesis(kind, pieces):
@@ -1315,6 +1327,13 @@ def rms_db(samples):
     return 10 * math.log10(max(float(np.mean(samples**2)) if len(samples) else 0.0, 1e-20))
 
 
+def wait_quietly(future):
+    try:
+        future.result()
+    except BaseException:  # the error that matters is already on its way up
+        pass
+
+
 def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, prefixes=None):
     """Generate every piece together, one frame at a time, and stream them into WAV files,
     each after its prefix (the end of a --seed-wav file) when there is one.
@@ -1324,18 +1343,32 @@ def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, pref
     num_frames = int(round(seconds * FRAMES_PER_SECOND))
     if prefixes and synthesis.overlap:
         num_frames += synthesis.overlap // BLOCK_SIZE
+    from concurrent.futures import ThreadPoolExecutor
+
     writers = WavWriters(paths)
     report = progress_reporter(num_frames)
-    try:
-        for handle, prefix in zip(writers.files, prefixes or []):
-            handle.writeframes(to_pcm16(prefix[: len(prefix) - synthesis.overlap]).tobytes())
-        for index, frames in enumerate(generate(predict_next, seeds, num_frames)):
-            writers.write(synthesis.push(denormalise(frames, mean, std)))
-            report(index + 1)
-        writers.finish()
-    except BaseException:
-        writers.discard()
-        raise
+
+    def write(frames):
+        writers.write(synthesis.push(denormalise(frames, mean, std)))
+
+    # One thread turns frame i into audio while the network computes frame i + 1.
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as audio_thread:
+        try:
+            for handle, prefix in zip(writers.files, prefixes or []):
+                handle.writeframes(to_pcm16(prefix[: len(prefix) - synthesis.overlap]).tobytes())
+            for index, frames in enumerate(generate(predict_next, seeds, num_frames)):
+                if pending is not None:
+                    pending.result()
+                pending = audio_thread.submit(write, frames)
+                report(index + 1)
+            pending.result()
+            writers.finish()
+        except BaseException:
+            if pending is not None:
+                wait_quietly(pending)  # the thread must be done with the files first
+            writers.discard()
+            raise
 
 
 # -----------------------------------------------------------------------------
@@ -1736,8 +1769,10 @@ def training_memory_bytes(hidden_neurons, hidden_layers, batch_size):
 
 def generation_memory_bytes(hidden_neurons, hidden_layers, num_pieces):
     parameters = count_parameters(NUM_FEATURES, hidden_neurons, hidden_layers)
-    per_piece = 8 * NUM_FEATURES + 4 * BLOCK_SIZE + 4 * hidden_neurons * hidden_layers
-    return 4 * (parameters + num_pieces * per_piece)
+    per_piece = (8 * NUM_FEATURES + 4 * BLOCK_SIZE + 4 * hidden_neurons * hidden_layers
+                 + 8 * WINDOW_SIZE)  # the phase rebuilding's spectra and windows
+    error_bank = 2 * 256 * (WINDOW_FRAMES + 1) * NUM_FEATURES  # prediction_errors' windows
+    return 4 * (parameters + error_bank + num_pieces * per_piece)
 
 
 def output_bytes(seconds, num_pieces):

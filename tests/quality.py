@@ -224,6 +224,9 @@ def main():
     parser.add_argument("--temperatures", default="",
                         help="also generate from each trained model with these --temperature "
                              "values, e.g. 0,0.5,1 (generation only, -e 0)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the trained models and pieces in --work; only generate the "
+                             "--temperatures rows not there yet")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: measure again and summarise the pieces in --work")
     args = parser.parse_args()
@@ -239,7 +242,7 @@ def main():
             sys.exit(f"unknown set {name!r}: choose from synthetic, soundtrack")
         for frames in args.frames.split(","):
             run_folder = args.work / f"{name}-{frames}"
-            if args.report_only:
+            if args.report_only or args.reuse:
                 reports = reports_of(run_folder, "piece")
                 seconds = json.loads((run_folder / "run.json").read_text())["seconds"] \
                     if (run_folder / "run.json").exists() else float("nan")
@@ -249,7 +252,8 @@ def main():
             held_out_pair = held_out_figures(tool, train_folder, run_folder, held_out, frames)
             runs = [("default", reports, seconds)]
             for temperature in filter(None, args.temperatures.split(",")):
-                if args.report_only:
+                done = reports_of(run_folder, f"t{temperature}")
+                if args.report_only or (args.reuse and done):
                     runs.append((f"T={temperature}", reports_of(run_folder, f"t{temperature}"),
                                  float("nan")))
                 else:

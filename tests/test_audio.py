@@ -225,6 +225,17 @@ def test_music_rebuilt_from_magnitudes_keeps_its_level_and_joins(mc):
     assert mc.click_ratio(rebuilt_hard) < 1.5
 
 
+def test_sound_after_digital_silence_is_rebuilt(mc):
+    """A silent bin's phase must not stay at zero: music after silence would stay silent."""
+    audio = np.concatenate([np.zeros(2 * mc.SAMPLE_RATE, np.float32), tone(2.0, 440.0)])
+    rebuilt = rebuild(mc, mc.frames_from_audio(audio, "magnitude"))[0]
+    assert mc.rms_db(rebuilt[: mc.SAMPLE_RATE]) < -100
+    assert mc.rms_db(rebuilt[-mc.SAMPLE_RATE:]) == pytest.approx(mc.rms_db(tone(1.0, 440.0)),
+                                                                 abs=1.0)
+    phasors = mc.unit(np.array([0, 3 + 4j, -2], np.complex64))
+    np.testing.assert_allclose(phasors, [1, 0.6 + 0.8j, -1], atol=1e-6)
+
+
 def test_a_seed_of_real_audio_flows_into_the_rebuilt_music(mc):
     """prime_with_audio starts from the seed's own phase: a tone continued by its own magnitudes
     goes on without a step at the join, at the same level."""
