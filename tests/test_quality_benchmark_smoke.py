@@ -27,8 +27,7 @@ def test_quality_benchmark_runs_and_summarises_both_kinds(tmp_path):
     plain, magnitude = rows[("plain", "default")], rows[("magnitude", "default")]
     assert plain["held_out_rebuilt_distance"] == plain["held_out_distance"]
     assert magnitude["held_out_rebuilt_distance"] > magnitude["held_out_distance"]
-    # The plain default is the original's plain regression: temperature 0 writes the same
-    # pieces (to the rounding of a model saved and loaded again).
-    assert abs(plain["spectral_distance"] - rows[("plain", "T=0")]["spectral_distance"]) \
-        <= 0.01 * plain["spectral_distance"]
+    # Even a network trained for one epoch shows the difference at the joins: plain blocks
+    # click, overlapping magnitude windows do not.
+    assert plain["clicks"] > 2 and magnitude["clicks"] < 1.3
     assert "Targets for 30-s pieces" in result.stdout
