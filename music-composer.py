@@ -1191,15 +1191,16 @@ def generate(predict_next, seeds, num_frames):
 
 def prediction_errors(model, cache, rng, count=256):
     """What the network gets wrong on music it was not trained on: target minus prediction for
-    the last frame of up to `count` validation windows, (count, features), normalised."""
+    the last frame of up to `count` validation windows, (count, features), normalised; and
+    those targets, real frames of music."""
     _, validation_starts = split_windows(cache.file_starts)
     if len(validation_starts) == 0:
-        return np.zeros((1, NUM_FEATURES), np.float32)
+        return np.zeros((1, NUM_FEATURES), np.float32), np.zeros((1, NUM_FEATURES), np.float32)
     chosen = np.sort(rng.choice(validation_starts, size=min(count, len(validation_starts)),
                                 replace=False))
     inputs, targets = gather_windows(cache.frames, chosen)
     predictions = model.predict(inputs, batch_size=32, verbose=0)
-    return (targets[:, -1] - predictions[:, -1]).astype(np.float32)
+    return (targets[:, -1] - predictions[:, -1]).astype(np.float32), targets[:, -1]
 
 
 def with_sampled_errors(predict_next, errors, temperature, rng):
@@ -1213,6 +1214,24 @@ def with_sampled_errors(predict_next, errors, temperature, rng):
     def predict(frames):
         predicted = predict_next(frames)
         return predicted + temperature * errors[rng.integers(len(errors), size=len(predicted))]
+
+    return predict
+
+
+def within_music_levels(predict_next, music_frames):
+    """predict_next whose frames stay within what real music does: no bin louder than it ever is
+    in `music_frames`, and a frame's mean log-magnitude (normalised) no higher than the loudest
+    of theirs nor lower than the quietest (moved uniformly to that bound), for the audio and for
+    what is fed back in. Sampling can otherwise push the loop into a runaway to full-scale noise
+    (seen in the demo at temperature 0.75), or let it sink into silence."""
+    ceiling = music_frames.max(axis=0)
+    levels = music_frames.mean(axis=1)
+    low, high = float(levels.min()), float(levels.max())
+
+    def predict(frames):
+        predicted = np.minimum(predict_next(frames), ceiling)
+        level = predicted.mean(axis=1, keepdims=True)
+        return predicted - np.maximum(level - high, 0) + np.maximum(low - level, 0)
 
     return predict
 
@@ -1587,9 +1606,13 @@ def compose(model, cache, config, mean, std, rng, seed_wavs=None):
         say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
             f"1 s clips of the training music...")
     paths = output_paths(config.output_name, len(raw_seeds))
-    errors = prediction_errors(model, cache, rng) if config.temperature else None
-    predict_next = with_sampled_errors(make_step_function(model, len(raw_seeds)), errors,
-                                       config.temperature, rng)
+    predict_next = make_step_function(model, len(raw_seeds))
+    magnitude = config.frames == "magnitude"
+    if config.temperature or magnitude:
+        errors, music_frames = prediction_errors(model, cache, rng)
+        predict_next = with_sampled_errors(predict_next, errors, config.temperature, rng)
+        if magnitude:  # the mean of log-magnitudes is a loudness; of real+imag parts it is not
+            predict_next = within_music_levels(predict_next, music_frames)
     write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, config.seconds, paths,
                  synthesis, prefixes)
     say(f"Wrote {len(paths)} piece(s).")

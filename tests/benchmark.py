@@ -194,10 +194,11 @@ def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind)
         paths = [work / f"gen-{index}.wav" for index in range(pieces)]
         for path in paths:
             path.unlink(missing_ok=True)
-        temperature = tool.SAMPLING[kind]["temperature"]
-        errors = tool.prediction_errors(model, cache, rng) if temperature else None
-        predict_next = tool.with_sampled_errors(tool.make_step_function(model, pieces, step),
-                                                errors, temperature, rng)  # fresh states
+        predict_next = tool.make_step_function(model, pieces, step)  # fresh states
+        if kind == "magnitude":  # as compose() does
+            errors, music_frames = tool.prediction_errors(model, cache, rng)
+            predict_next = tool.within_music_levels(tool.with_sampled_errors(
+                predict_next, errors, tool.SAMPLING[kind]["temperature"], rng), music_frames)
         synthesis = tool.make_synthesis(kind, pieces)
         synthesis.prime(tool.denormalise(seeds, cache.mean, cache.std))
         tool.write_pieces(predict_next, seeds, cache.mean, cache.std, seconds, paths, synthesis)

@@ -276,14 +276,23 @@ def test_prediction_errors_are_targets_minus_predictions_on_held_out_windows(mc)
     model = mc.build_model(3, 4, 1)
     frames = np.random.default_rng(1).standard_normal((100, 3)).astype(np.float32)
     cache = mc.FrameCache(frames, np.array([0, 100]), None, None, [], "", 0.0, "magnitude", None)
-    errors = mc.prediction_errors(model, cache, np.random.default_rng(0), count=3)
+    errors, music = mc.prediction_errors(model, cache, np.random.default_rng(0), count=3)
     _, validation = mc.split_windows(cache.file_starts)
     expected = np.stack([frames[start + 4] - model.predict(frames[None, start : start + 4],
                                                            verbose=0)[0, -1]
                          for start in validation])
-    assert errors.shape == (3, 3)
-    for error in errors:  # each one is the error on one held-out window
+    assert errors.shape == (3, 3) and music.shape == (3, 3)
+    for error, frame in zip(errors, music):  # each one is the error on one held-out window
         assert np.abs(expected - error).max(axis=1).min() < 1e-5
+        assert any(np.array_equal(frame, frames[start + 4]) for start in validation)
+
+
+def test_frames_are_kept_within_the_music_s_loudness(mc):
+    music = np.array([[0.0, 1.0], [2.0, 2.0], [-1.0, 0.0]], np.float32)  # levels 0.5, 2, -0.5
+    predicted = np.array([[5.0, 1.5], [1.0, 0.0], [-3.0, -4.0], [3.0, -1.0]], np.float32)
+    bounded = mc.within_music_levels(lambda frames: predicted, music)(None)
+    # Each bin at most the music's loudest (2, 2); then the mean level within [-0.5, 2].
+    np.testing.assert_allclose(bounded, [[2.0, 1.5], [1.0, 0.0], [0.0, -1.0], [2.0, -1.0]])
 
 
 def test_checkpoints_from_before_frame_kinds_count_as_plain(mc, tmp_path):
