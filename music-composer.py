@@ -64,7 +64,7 @@ DEFAULT_FRAMES = "magnitude"
 # How each kind keeps the music moving (see make_batches and with_sampled_errors): noise on the
 # training inputs, and prediction errors added back when generating, scaled by the temperature.
 # Plain frames keep the original tool's plain regression.
-SAMPLING = {"magnitude": {"input_noise": 0.5, "temperature": 0.75},
+SAMPLING = {"magnitude": {"input_noise": 0.5, "temperature": 1.0},
             "plain": {"input_noise": 0.0, "temperature": 0.0}}
 
 
@@ -1916,7 +1916,7 @@ def make_parser():
     generation.add_argument("--temperature", type=temperature,
                             help="how much of the network's own errors to add back to each "
                                  "predicted frame: 0 writes its plain average, higher moves "
-                                 "more (default: 0.75; 0 with --frames plain, as the original)")
+                                 "more (default: 1; 0 with --frames plain, as the original)")
     generation.add_argument("--frames", choices=list(FRAME_KINDS),
                             help="how audio becomes frames: " + "; ".join(
                                 f"{kind}: {text}" for kind, text in FRAME_KINDS.items()))

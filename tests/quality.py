@@ -260,6 +260,8 @@ def main():
                     runs.append((f"T={temperature}",
                                  *run_tool(train_folder, run_folder, frames, args, temperature)))
             for label, reports, seconds in runs:
+                if not reports:  # --report-only: that row was never generated
+                    continue
                 figures = summary(reports, held_out_pair, seconds)
                 results[(name, frames, label)] = figures
                 print(json.dumps({"set": name, "frames": frames, "sampling": label, **figures}),
