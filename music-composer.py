@@ -571,7 +571,8 @@ def write_raw_frames(wav_paths, npy_path, kind):
     stats, file_starts, used, skipped = RunningStats(NUM_FEATURES), [0], [], []
     sum_squares, num_samples = 0.0, 0
     filters, mel_total, mel_seconds = mel_filterbank(), LogMelStats(), []
-    # One writer thread: a file's frames go to disk while the next file is read and transformed.
+    # One writer thread: a file's frames go to disk, and its log-mel figures are gathered, while
+    # the next file is read and transformed.
     with open(npy_path, "wb") as raw, ThreadPoolExecutor(max_workers=1) as writer:
         raw.write(bytes(NPY_HEADER_BYTES))
         pending = writer.submit(lambda: None)
@@ -586,14 +587,19 @@ def write_raw_frames(wav_paths, npy_path, kind):
                 warn(f"{path}: {note}")
             frames = frames_from_audio(audio, kind)
             pending.result()  # at most one file's frames wait in memory
-            pending = writer.submit(raw.write, frames)
+
+            def write_and_measure(frames=frames, audio=audio):
+                raw.write(frames)
+                mel_seconds.append(log_mel_stats(lambda start, stop: audio[start:stop],
+                                                 len(audio), filters, into=mel_total)
+                                   .second_means())
+
+            pending = writer.submit(write_and_measure)
             stats.add(frames)
             sum_squares += float(np.dot(audio, audio))
             num_samples += len(audio)
             file_starts.append(file_starts[-1] + len(frames))
             used.append((path.name, len(audio) / SAMPLE_RATE))
-            mel_seconds.append(log_mel_stats(lambda start, stop: audio[start:stop], len(audio),
-                                             filters, into=mel_total).second_means())
         pending.result()
     rms_db = 10 * math.log10(max(sum_squares / max(num_samples, 1), 1e-20))
     reference = MusicReference(rms_db, *mel_total.mean_and_cov(), mel_seconds) if used else None
@@ -1416,9 +1422,18 @@ def log_mel_frames(audio, filters):
     if len(audio) < MEL_WINDOW:
         audio = np.pad(audio, (0, MEL_WINDOW - len(audio)))
     count = 1 + (len(audio) - MEL_WINDOW) // MEL_HOP
+    from scipy import fft
+
+    audio = np.asarray(audio, np.float32)
     windows = np.lib.stride_tricks.sliding_window_view(audio, MEL_WINDOW)[::MEL_HOP][:count]
-    power = np.abs(np.fft.rfft(windows * np.hanning(MEL_WINDOW).astype(np.float32))) ** 2
+    spectrum = fft.rfft(windows * mel_window(), axis=-1, workers=-1)  # float32 throughout
+    power = np.square(spectrum.real) + np.square(spectrum.imag)
     return 10 * np.log10(np.maximum(power @ filters.T, MEL_FLOOR))
+
+
+@functools.cache
+def mel_window():
+    return np.hanning(MEL_WINDOW).astype(np.float32)
 
 
 MEL_FRAMES_PER_SECOND = round(SAMPLE_RATE / MEL_HOP)  # 43 frames make one "second"
