@@ -2,9 +2,11 @@
 """
 music-composer: learn the style of a folder of WAV files and compose new music in that style.
 
-Each 0.25 s block of audio becomes one FFT frame; a recurrent network (Dense -> stacked LSTM ->
-Dense) learns to predict the next frame; seeded with a clip of the training music, it then
-writes new music one frame at a time.
+Each 0.25 s block of audio becomes one FFT frame (by default the log-magnitude spectrum of a
+0.5 s window around it; --frames plain keeps the original real+imaginary FFT); a recurrent
+network (Dense -> stacked LSTM -> Dense) learns to predict the next frame; seeded with a clip
+of the training music, it then writes new music one frame at a time, rebuilding the phase,
+and measures what it wrote against the music.
 
 See it work on a built-in piece of music (a few minutes on a CPU, nothing to download):
     python3 music-composer.py --demo

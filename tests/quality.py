@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """What music-composer.py's music sounds like, in figures: the quality benchmark (issue 7).
 
-    python3 tests/quality.py                         # both sets, both kinds of frame: hours on a CPU
-    python3 tests/quality.py --sets synthetic        # only the synthetic melody
-    python3 tests/quality.py --frames plain          # only the original frames
-    python3 tests/quality.py -e 2 -n 64 -l 1         # a smoke run, in minutes
+    python3 tests/quality.py                    # both sets, both kinds of frame: 1 h on a CPU
+    python3 tests/quality.py --temperatures 0,1 # also generate with these temperatures
+    python3 tests/quality.py --sets synthetic   # only the synthetic melody
+    python3 tests/quality.py --frames plain     # only the original frames
+    python3 tests/quality.py -e 2 -n 64 -l 1    # a smoke run, in minutes
 
 For each training set and each kind of frame it runs the real command line at the default
 network size (unless told otherwise), generates 30-second pieces and collects the quality
@@ -196,14 +197,15 @@ def print_table(results):
     print("held-out: the distance of a held-out piece of the same music; rebuilt: that piece "
           "turned into frames and back, as generation does.")
     header = (f"{'set':<11}{'frames':<11}{'sampling':<9}{'music dB':>9}{'first':>7}{'last':>7}"
-              f"{'clicks':>8}{'movement':>10}{'distance':>10}{'held-out':>10}{'rebuilt':>9}  meet (level/"
-              f"fade/clicks/movement/distance)")
+              f"{'clicks':>8}{'movement':>10}{'distance':>10}{'held-out':>10}{'rebuilt':>9}"
+              f"  meet (level/fade/clicks/movement/distance)")
     print(header)
     for (name, frames, label), figures in results.items():
         meet = "/".join(str(figures["meet"][key]) for key in
                         ("level", "fade", "clicks", "movement", "distance"))
-        print(f"{name:<11}{frames:<11}{label:<9}{figures['music_db']:>9}{figures['first_second_db']:>7}"
-              f"{figures['last_second_db']:>7}{figures['clicks']:>8}{figures['movement']:>10}"
+        print(f"{name:<11}{frames:<11}{label:<9}{figures['music_db']:>9}"
+              f"{figures['first_second_db']:>7}{figures['last_second_db']:>7}"
+              f"{figures['clicks']:>8}{figures['movement']:>10}"
               f"{figures['spectral_distance']:>10}{figures['held_out_distance']:>10}"
               f"{figures['held_out_rebuilt_distance']:>9}  "
               f"{meet} of {figures['pieces']}")
