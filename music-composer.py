@@ -1207,7 +1207,9 @@ def prediction_errors(model, cache, rng, count=256):
     chosen = np.sort(rng.choice(validation_starts, size=min(count, len(validation_starts)),
                                 replace=False))
     inputs, targets = gather_windows(cache.frames, chosen)
-    predictions = model.predict(inputs, batch_size=32, verbose=0)
+    # Direct calls rather than model.predict, whose input pipeline can swallow a Ctrl-C.
+    predictions = np.concatenate([np.asarray(model(inputs[start : start + 32], training=False))
+                                  for start in range(0, len(inputs), 32)])
     return (targets[:, -1] - predictions[:, -1]).astype(np.float32), targets[:, -1]
 
 

@@ -234,8 +234,8 @@ def test_read_only_traindata_folder(music, tmp_path):
 def test_sigint_during_preprocessing_stops_cleanly(tmp_path):
     music = tmp_path / "music"
     music.mkdir()
-    for index in range(30):
-        write_int16(music / f"{index:02d}.wav", melody(4.0, seed=index))
+    for index in range(40):  # 10 minutes: preprocessing lasts long enough to be caught at it
+        write_int16(music / f"{index:02d}.wav", melody(15.0, seed=index))
     cache = tmp_path / "cache"
     process = subprocess.Popen([sys.executable, str(SCRIPT), "-d", music, "-t", cache, *TINY],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -243,6 +243,7 @@ def test_sigint_during_preprocessing_stops_cleanly(tmp_path):
     deadline = time.monotonic() + 60
     while not list(cache.glob("*.partial-*")) and time.monotonic() < deadline:
         time.sleep(0.001)
+    assert time.monotonic() < deadline, "preprocessing was never seen under way"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130
