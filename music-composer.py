@@ -23,6 +23,7 @@ Continue a piece of your own that the network has never heard:
 """
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -102,6 +103,31 @@ DEMO_DEFAULTS = {**DEFAULTS, "datasets_folder_path": f"{DEMO_FOLDER}/music/",
                  "output_music_name": f"{DEMO_FOLDER}/output", "hidden_layer_neurons": 256,
                  "hidden_layer_count": 2, "epochs": 40, "generated_music_num": 3}
 SEED_PREFIX_SECONDS = 2.0  # of the user's own music at the start of a --seed-wav piece
+
+
+class QuitAtSafePoints:
+    """Ctrl-C quits at the next safe point: between files while preprocessing, between frames
+    while generating. The handler only notes the press and the work raises KeyboardInterrupt
+    itself at check(), so that no library in between can swallow it (TensorFlow's input
+    pipeline did, during training); a second press raises at once."""
+
+    requested = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self):
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc_info):
+        signal.signal(signal.SIGINT, self.previous)
 
 
 class UserError(Exception):
@@ -575,10 +601,12 @@ def write_raw_frames(wav_paths, npy_path, kind):
     filters, mel_total, mel_seconds = mel_filterbank(), LogMelStats(), []
     # One writer thread: a file's frames go to disk, and its log-mel figures are gathered, while
     # the next file is read and transformed.
-    with open(npy_path, "wb") as raw, ThreadPoolExecutor(max_workers=1) as writer:
+    with open(npy_path, "wb") as raw, ThreadPoolExecutor(max_workers=1) as writer, \
+            QuitAtSafePoints() as ctrl_c:
         raw.write(bytes(NPY_HEADER_BYTES))
         pending = writer.submit(lambda: None)
         for path in wav_paths:
+            ctrl_c.check()
             try:
                 audio, notes = read_wav(path)
             except UnusableAudio as reason:
@@ -603,6 +631,7 @@ def write_raw_frames(wav_paths, npy_path, kind):
             file_starts.append(file_starts[-1] + len(frames))
             used.append((path.name, len(audio) / SAMPLE_RATE))
         pending.result()
+        ctrl_c.check()
     rms_db = 10 * math.log10(max(sum_squares / max(num_samples, 1), 1e-20))
     reference = MusicReference(rms_db, *mel_total.mean_and_cov(), mel_seconds) if used else None
     return stats, np.array(file_starts, dtype=np.int64), used, skipped, reference
@@ -1363,7 +1392,8 @@ def wait_quietly(future):
         pass
 
 
-def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, prefixes=None):
+def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, prefixes=None,
+                 ctrl_c=None):
     """Generate every piece together, one frame at a time, and stream them into WAV files,
     each after its prefix (the end of a --seed-wav file) when there is one.
 
@@ -1382,16 +1412,20 @@ def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, pref
 
     # One thread turns frame i into audio while the network computes frame i + 1.
     pending = None
-    with ThreadPoolExecutor(max_workers=1) as audio_thread:
+    # ctrl_c: a QuitAtSafePoints already in force (compose's), else one of our own.
+    guard = contextlib.nullcontext(ctrl_c) if ctrl_c else QuitAtSafePoints()
+    with ThreadPoolExecutor(max_workers=1) as audio_thread, guard as ctrl_c:
         try:
             for handle, prefix in zip(writers.files, prefixes or []):
                 handle.writeframes(to_pcm16(prefix[: len(prefix) - synthesis.overlap]).tobytes())
             for index, frames in enumerate(generate(predict_next, seeds, num_frames)):
+                ctrl_c.check()
                 if pending is not None:
                     pending.result()
                 pending = audio_thread.submit(write, frames)
                 report(index + 1)
             pending.result()
+            ctrl_c.check()
             writers.finish()
         except BaseException:
             if pending is not None:
@@ -1625,15 +1659,16 @@ def compose(model, cache, config, mean, std, rng, seed_wavs=None):
         say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
             f"1 s clips of the training music...")
     paths = output_paths(config.output_name, len(raw_seeds))
-    predict_next = make_step_function(model, len(raw_seeds))
-    magnitude = config.frames == "magnitude"
-    if config.temperature or magnitude:
-        errors, music_frames = prediction_errors(model, cache, rng)
-        predict_next = with_sampled_errors(predict_next, errors, config.temperature, rng)
-        if magnitude:  # the mean of log-magnitudes is a loudness; of real+imag parts it is not
-            predict_next = within_music_levels(predict_next, music_frames)
-    write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, config.seconds, paths,
-                 synthesis, prefixes)
+    with QuitAtSafePoints() as ctrl_c:
+        predict_next = make_step_function(model, len(raw_seeds))
+        magnitude = config.frames == "magnitude"
+        if config.temperature or magnitude:
+            errors, music_frames = prediction_errors(model, cache, rng)
+            predict_next = with_sampled_errors(predict_next, errors, config.temperature, rng)
+            if magnitude:  # the mean of log-magnitudes is a loudness; of real+imag it is not
+                predict_next = within_music_levels(predict_next, music_frames)
+        write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, config.seconds,
+                     paths, synthesis, prefixes, ctrl_c)
     say(f"Wrote {len(paths)} piece(s).")
     seed_ends = [0.0 if prefix is None else len(prefix) / SAMPLE_RATE
                  for prefix in prefixes or [None] * len(paths)]
