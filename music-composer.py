@@ -2074,6 +2074,9 @@ def main(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
     config = config_from_args(args, parser)
+    # Ctrl-C (SIGINT) always stops the run cleanly, even when the shell that started it told its
+    # children to ignore SIGINT, as non-interactive shells do for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         run(config)
     except UserError as error:

@@ -231,15 +231,20 @@ def test_read_only_traindata_folder(music, tmp_path):
 # --- faults ---------------------------------------------------------------------------------
 
 
-def test_sigint_during_preprocessing_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("started_ignoring_sigint", [False, True])
+def test_sigint_during_preprocessing_stops_cleanly(tmp_path, started_ignoring_sigint):
+    """Also when the shell started the tool ignoring SIGINT, as non-interactive shells start
+    background jobs (Python then installs no KeyboardInterrupt of its own)."""
     music = tmp_path / "music"
     music.mkdir()
     for index in range(40):  # 10 minutes: preprocessing lasts long enough to be caught at it
         write_int16(music / f"{index:02d}.wav", melody(15.0, seed=index))
     cache = tmp_path / "cache"
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) \
+        if started_ignoring_sigint else None
     process = subprocess.Popen([sys.executable, str(SCRIPT), "-d", music, "-t", cache, *TINY],
                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=ignore)
     deadline = time.monotonic() + 60
     while not list(cache.glob("*.partial-*")) and time.monotonic() < deadline:
         time.sleep(0.001)
