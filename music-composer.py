@@ -1032,28 +1032,19 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
     return WindowBatches()
 
 
-class StopOnCtrlC:
+class StopOnCtrlC(QuitAtSafePoints):
     """While training: the first Ctrl-C asks Keras to stop after the current batch, and the
     epoch it cuts short is not saved; a second Ctrl-C quits at once. (Left to Python, the
     KeyboardInterrupt can land inside TensorFlow's input pipeline, which swallows it: training
     then simply went on.)"""
 
     def __init__(self, model):
-        self.model, self.requested = model, False
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self.handle)
-        return self
+        self.model = model
 
     def handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        super().handle(signum, frame)
         self.model.stop_training = True
         say("\nCtrl-C: stopping after this batch (press Ctrl-C again to quit).")
-
-    def __exit__(self, *exc_info):
-        signal.signal(signal.SIGINT, self.previous)
 
 
 def make_checkpoint_callback(cache_dir, metadata, mean, std, interrupted=lambda: False):
