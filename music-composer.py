@@ -53,7 +53,8 @@ WINDOW_FRAMES = 4  # frames in one training sequence and in a seed: 1 s
 FRAMES_PER_SECOND = SAMPLE_RATE / BLOCK_SIZE  # 4.0
 STD_FLOOR = 1e-8  # smallest standard deviation used to normalise a feature
 VALIDATION_FRACTION = 0.1  # the last tenth of each file is held out for val_loss
-CACHE_VERSION = 2  # bump when the way frames are made changes: old caches are rebuilt
+CACHE_VERSION = 3  # bump when what the cache holds changes: old caches are rebuilt
+# 3: the recorded audio (16-bit) and a compressed index of the frames, for --synthesis grains
 CHECKPOINT_VERSION = 1
 CACHE_MANIFEST = "cache.json"
 CHECKPOINT_NAME = "model.keras"
@@ -69,6 +70,14 @@ DEFAULT_FRAMES = "magnitude"
 # Plain frames keep the original tool's plain regression.
 SAMPLING = {"magnitude": {"input_noise": 0.5, "temperature": 1.0},
             "plain": {"input_noise": 0.0, "temperature": 0.0}}
+# How a predicted frame becomes sound (see the Generation section).
+SYNTHESES = {"grains": "the network chooses, real recordings sound: each predicted frame is "
+                       "matched to a real frame of the training music, whose recorded audio is "
+                       "played and which is fed back in (default)",
+             "spectra": "the predicted frame itself is sounded: its phase rebuilt (magnitude "
+                        "frames), or its inverse FFT (plain frames)"}
+DEFAULT_SYNTHESIS = {"magnitude": "grains", "plain": "spectra"}  # grains need magnitude frames
+COPY_LIMIT_SECONDS = 4.0  # longest stretch of the training music that grains play verbatim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +98,8 @@ class Config:
     plots: bool = True  # loss curve after training, a spectrogram per piece
     frames: str = DEFAULT_FRAMES  # the kind of frame: a key of FRAME_KINDS
     temperature: float = SAMPLING[DEFAULT_FRAMES]["temperature"]  # scale of sampled errors
+    synthesis: str = DEFAULT_SYNTHESIS[DEFAULT_FRAMES]  # how frames sound: a key of SYNTHESES
+    copy_limit: float = COPY_LIMIT_SECONDS  # seconds, >= 0.25: longest verbatim stretch (grains)
     demo: bool = False  # write and use the built-in demo piece
 
 
@@ -384,6 +395,9 @@ class PlainSynthesis:
     def push(self, frames):  # (pieces, NUM_FEATURES) -> (pieces, BLOCK_SIZE)
         return blocks_from_frames(frames)
 
+    def steer(self, predict_next, music_frames=None):
+        return predict_next
+
 
 class PhaseRebuilder:
     """Magnitude frames back to audio, one frame at a time for a batch of pieces.
@@ -436,6 +450,168 @@ class PhaseRebuilder:
         self.tail, self.phase = signal[:, BLOCK_SIZE:].astype(np.float32), phase
         return block.astype(np.float32)
 
+    def steer(self, predict_next, music_frames):
+        """The predictions it sounds stay within the music's levels (within_music_levels)."""
+        return within_music_levels(predict_next, music_frames)
+
+
+@functools.cache
+def hann():
+    """A periodic Hann window of WINDOW_SIZE: windows a block apart sum to exactly 1."""
+    return np.square(sqrt_hann())
+
+
+class RealFrames:
+    """The training music's real frames, found by their sound: each frame of the cache is
+    compressed to INDEX_DIMENSIONS numbers (its projection on the principal axes, computed once
+    when the cache is built), so finding the frames nearest to a prediction costs
+    num_frames x INDEX_DIMENSIONS per piece, however wide a frame is. Frames come and go in the
+    network's normalisation (mean, std), which is the cache's unless the music changed since
+    the model was trained."""
+
+    def __init__(self, cache, mean, std):
+        self.cache, self.mean, self.std = cache, mean, std
+        self.squared_norms = np.einsum("ij,ij->i", cache.codes, cache.codes)
+
+    def encode(self, raw_frames):  # (pieces, NUM_FEATURES) raw -> (pieces, dimensions)
+        return normalise(raw_frames, self.cache.mean, self.cache.std) @ self.cache.components.T
+
+    def distances(self, codes):  # (pieces, dimensions) -> (pieces, num_frames) squared
+        return (self.squared_norms[None] - 2 * codes @ self.cache.codes.T
+                + np.einsum("ij,ij->i", codes, codes)[:, None])
+
+    def nearest(self, raw_frames):  # (pieces, NUM_FEATURES) raw -> (pieces,) frame indices
+        return np.argmin(self.distances(self.encode(raw_frames)), axis=1)
+
+    def for_network(self, indices):  # (pieces,) -> (pieces, NUM_FEATURES), network-normalised
+        raw = denormalise(self.cache.frames[np.sort(indices)], self.cache.mean, self.cache.std)
+        return normalise(raw[np.argsort(np.argsort(indices))], self.mean, self.std)
+
+    def grains(self, indices):  # (pieces,) -> (pieces, WINDOW_SIZE) float32 recorded audio
+        return np.stack([self.cache.grain(index) for index in indices])
+
+    def successors(self, indices):
+        """The frame after each one in its file, or -1 (none: the file ends, or no frame)."""
+        after = np.asarray(indices) + 1
+        ends = self.cache.file_starts[np.searchsorted(self.cache.file_starts, indices,
+                                                      side="right")]
+        return np.where((np.asarray(indices) >= 0) & (after < ends), after, -1)
+
+
+SUCCESSOR_WEIGHT = 0.3  # the real successor of the last choice costs this share of its distance
+JOIN_WEIGHT = 0.5  # weight of how unlike the successor a jump's frame sounds (a bad join)
+
+
+class GrainSynthesis:
+    """The network chooses, real recordings sound (unit selection steered by the network).
+
+    Each predicted frame is matched to one real frame of the training music: the one that
+    minimises its distance to the prediction, plus JOIN_WEIGHT times its distance to the real
+    successor of the last choice (a jump is cheap where the two sound alike); the successor
+    itself costs only SUCCESSOR_WEIGHT of its distance, so the music's own continuations are
+    preferred. That real frame is fed back in (steer), and its recorded 0.5 s window is
+    overlap-added with a Hann window (push): two choices in a row play the recording exactly.
+    The copy guard: after `copy_limit` seconds played verbatim, the successor and every frame
+    within that distance of it in the same file are ruled out for the next choice.
+    """
+
+    overlap = BLOCK_SIZE
+
+    def __init__(self, real, pieces, copy_limit=COPY_LIMIT_SECONDS):
+        import collections
+
+        self.real = real
+        self.limit = max(1, int(round(copy_limit * FRAMES_PER_SECOND)))  # frames
+        self.tail = np.zeros((pieces, BLOCK_SIZE), np.float32)
+        self.previous = np.full(pieces, -1)  # the last choice (-1: none yet)
+        self.run = np.zeros(pieces, int)  # frames played verbatim up to the last choice
+        self.warm_up = 0  # predictions still to pass through while the seed warms the network
+        self.chosen = collections.deque()  # choices made, waiting to be sounded, in order
+        self.copy_indices = [[] for _ in range(pieces)]  # every choice sounded, per piece
+
+    def prime(self, frames):
+        """Seeds (pieces, seed_frames, features), raw: the network reads all but the last
+        frame's prediction to warm up; the music goes on from the real frame nearest the
+        seed's last (the very frame, for a clip of the training music)."""
+        self.warm_up = frames.shape[1] - 1
+        self.previous = self.real.nearest(frames[:, -1])
+        self.tail = self.real.grains(self.previous)[:, BLOCK_SIZE:] * hann()[BLOCK_SIZE:]
+
+    def prime_with_audio(self, endings):
+        """Start from real audio, the last 0.5 s of each seed (pieces, WINDOW_SIZE): the first
+        block fades from it into the chosen frames, with no successor to prefer."""
+        self.tail = np.asarray(endings, np.float32)[:, BLOCK_SIZE:] * hann()[BLOCK_SIZE:]
+        self.previous[:] = -1
+
+    def steer(self, predict_next, music_frames=None):
+        """predict_next that returns, instead of each prediction, the real frame chosen for it."""
+        def predict(frames):
+            predicted = predict_next(frames)
+            if self.warm_up:
+                self.warm_up -= 1
+                return predicted
+            choices = self.choose(denormalise(predicted, self.real.mean, self.real.std))
+            self.chosen.append(choices)
+            return self.real.for_network(choices)
+
+        return predict
+
+    def choose(self, raw_predictions):  # (pieces, NUM_FEATURES) -> (pieces,) frame indices
+        codes = self.real.cache.codes
+        cost = self.real.distances(self.real.encode(raw_predictions))
+        successors = self.real.successors(self.previous)
+        for piece, (successor, previous) in enumerate(zip(successors, self.previous)):
+            if previous < 0:
+                continue
+            joined = codes[successor if successor >= 0 else previous]
+            cost[piece] += JOIN_WEIGHT * np.sum(np.square(codes - joined), axis=1)
+            if successor < 0:
+                continue
+            if self.run[piece] >= self.limit:  # the copy guard
+                start, end = self.real.cache.file_starts[np.searchsorted(
+                    self.real.cache.file_starts, successor, side="right") - 1 :][:2]
+                cost[piece, max(start, successor - self.limit) : min(end, successor + self.limit
+                                                                      + 1)] = np.inf
+            else:
+                cost[piece, successor] *= SUCCESSOR_WEIGHT
+        choices = np.argmin(cost, axis=1)
+        self.run = np.where(choices == successors, self.run + 1, 1)
+        self.previous = choices
+        return choices
+
+    def push(self, frames):  # the frames are the chosen ones; their recordings are played
+        choices = self.chosen.popleft()
+        for indices, choice in zip(self.copy_indices, choices):
+            indices.append(int(choice))
+        grains = self.real.grains(choices) * hann()
+        block = self.tail + grains[:, :BLOCK_SIZE]
+        self.tail = grains[:, BLOCK_SIZE:]
+        return block.astype(np.float32)
+
+
+class WithNearestFrames:
+    """A spectra synthesis that also notes, for every frame it sounds, the real frame of the
+    training music nearest to it: how much of a piece is the music played back verbatim."""
+
+    def __init__(self, synthesis, real, pieces):
+        self.synthesis, self.real = synthesis, real
+        self.overlap = synthesis.overlap
+        self.copy_indices = [[] for _ in range(pieces)]
+
+    def prime(self, frames):
+        self.synthesis.prime(frames)
+
+    def prime_with_audio(self, endings):
+        self.synthesis.prime_with_audio(endings)
+
+    def steer(self, predict_next, music_frames=None):
+        return self.synthesis.steer(predict_next, music_frames)
+
+    def push(self, frames):
+        for indices, index in zip(self.copy_indices, self.real.nearest(frames)):
+            indices.append(int(index))
+        return self.synthesis.push(frames)
+
 
 def unit(spectrum):
     """Complex numbers scaled to magnitude 1 (1 where a bin is silent): their phases. A silent
@@ -447,8 +623,13 @@ def unit(spectrum):
     return phasors.astype(np.complex64, copy=False)
 
 
-def make_synthesis(kind, pieces):
-    return PlainSynthesis() if kind == "plain" else PhaseRebuilder(pieces)
+def make_synthesis(kind, pieces, synthesis="spectra", real=None, copy_limit=COPY_LIMIT_SECONDS):
+    """How frames become sound: grains of the real music (a RealFrames is needed), or the
+    frames' own spectra, which note their nearest real frames when given a RealFrames."""
+    if synthesis == "grains":
+        return GrainSynthesis(real, pieces, copy_limit)
+    spectra = PlainSynthesis() if kind == "plain" else PhaseRebuilder(pieces)
+    return spectra if real is None else WithNearestFrames(spectra, real, pieces)
 
 
 def normalise(frames, mean, std):
@@ -491,7 +672,12 @@ class RunningStats:
 #
 # Layout: cache.json (the manifest, written last) names a folder frames-<fingerprint>/ that
 # holds frames.npy (num_frames, NUM_FEATURES) float32 normalised, file_starts.npy (int64, one
-# more entry than there are files), mean.npy and std.npy. A new cache is built in a temporary
+# more entry than there are files), mean.npy and std.npy; audio.npy, the music itself as 16-bit
+# mono, each file padded as its frames' windows see it (half a block of silence before, zeros
+# to a whole block after), so that frame j's 0.5 s window is audio[(j + file) * BLOCK_SIZE:]
+# [:WINDOW_SIZE]; and the frames' compressed index: components.npy (INDEX_DIMENSIONS,
+# NUM_FEATURES), the principal axes of the normalised frames, and codes.npy (num_frames,
+# INDEX_DIMENSIONS), every frame projected on them. A new cache is built in a temporary
 # folder and renamed into place before the manifest is replaced, so a run killed at any moment
 # leaves the previous complete cache or no trusted cache at all.
 
@@ -507,6 +693,14 @@ class FrameCache:
     rms_db: float  # level of the training music, RMS in dB relative to full scale
     kind: str  # the kind of frame: a key of FRAME_KINDS
     reference: object  # a MusicReference: the music's log-mel figures, for the quality report
+    audio: np.ndarray = None  # ((num_frames + num_files) * BLOCK_SIZE,) int16, memory-mapped
+    codes: np.ndarray = None  # (num_frames, INDEX_DIMENSIONS) float32: the frames, compressed
+    components: np.ndarray = None  # (INDEX_DIMENSIONS, NUM_FEATURES) float32: frames -> codes
+
+    def grain(self, index):
+        """Frame `index`'s 0.5 s of recorded audio, (WINDOW_SIZE,) float32 in [-1, 1]."""
+        start = (index + np.searchsorted(self.file_starts, index, side="right") - 1) * BLOCK_SIZE
+        return self.audio[start : start + WINDOW_SIZE].astype(np.float32) / np.float32(32768)
 
 
 def preprocessing_settings(kind):
@@ -541,18 +735,26 @@ def load_cache(cache_dir, fingerprint):
         std = np.load(folder / "std.npy", allow_pickle=False)
         mel = {name: np.load(folder / f"{name}.npy", allow_pickle=False)
                for name in ("mel_mean", "mel_cov", "mel_seconds", "mel_second_starts")}
-        kind = manifest["settings"]["frame"]
+        audio = np.load(folder / "audio.npy", mmap_mode="r", allow_pickle=False)
+        codes = np.load(folder / "codes.npy", allow_pickle=False)
+        components = np.load(folder / "components.npy", allow_pickle=False)
+        kind, pitch_clarity = manifest["settings"]["frame"], float(manifest["pitch_clarity"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     expected = (manifest.get("num_frames"), NUM_FEATURES)
+    num_files = len(file_starts) - 1
     if frames.shape != expected or file_starts[-1] != frames.shape[0] or mean.shape != std.shape \
-            or mel["mel_second_starts"][-1] != len(mel["mel_seconds"]) or kind not in FRAME_KINDS:
+            or mel["mel_second_starts"][-1] != len(mel["mel_seconds"]) or kind not in FRAME_KINDS \
+            or audio.shape != ((expected[0] + num_files) * BLOCK_SIZE,) \
+            or codes.shape != (expected[0], len(components)) \
+            or components.shape[1:] != (NUM_FEATURES,):
         return None
     starts = mel["mel_second_starts"]
     reference = MusicReference(manifest["rms_db"], mel["mel_mean"], mel["mel_cov"],
-                               [mel["mel_seconds"][a:b] for a, b in zip(starts[:-1], starts[1:])])
+                               [mel["mel_seconds"][a:b] for a, b in zip(starts[:-1], starts[1:])],
+                               pitch_clarity)
     return FrameCache(frames, file_starts, mean, std, manifest["files"], fingerprint,
-                      manifest["rms_db"], kind, reference)
+                      manifest["rms_db"], kind, reference, audio, codes, components)
 
 
 def write_npy(path, array):
@@ -575,35 +777,46 @@ def fsync_dir(path):
         os.close(handle)
 
 
-NPY_HEADER_BYTES = 128  # what NumPy writes for a 2-D float32 array of any realistic shape
+NPY_HEADER_BYTES = 128  # what NumPy writes for the frames' and the audio's arrays
 
 
-def npy_header(num_frames):
+def npy_header(shape, descr="<f4"):
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False,
-                                                  "shape": (num_frames, NUM_FEATURES)})
+    np.lib.format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False,
+                                                  "shape": shape})
     if len(buffer.getvalue()) != NPY_HEADER_BYTES:
-        raise ValueError(f"unexpected .npy header size for {num_frames} frames")
+        raise ValueError(f"unexpected .npy header size for shape {shape}")
     return buffer.getvalue()
 
 
-def write_raw_frames(wav_paths, npy_path, kind):
+def padded_pcm16(audio):
+    """A file's audio as its frames' windows see it: half a block of silence first, zeros to a
+    whole block after the last frame's window, 16-bit: (num_frames + 1) * BLOCK_SIZE samples."""
+    num_blocks = max(1, -(-len(audio) // BLOCK_SIZE))
+    padded = np.zeros((num_blocks + 1) * BLOCK_SIZE, np.float32)
+    padded[BLOCK_SIZE // 2 : BLOCK_SIZE // 2 + len(audio)] = audio
+    return to_pcm16(padded)
+
+
+def write_raw_frames(wav_paths, folder, kind):
     """Pass 1: read each file and append its un-normalised frames behind a placeholder .npy
-    header, gathering the statistics on the way: the frames' mean and variance, and the
-    music's level and log-mel figures, which the quality report measures pieces against.
+    header, and its audio to audio.npy, gathering the statistics on the way: the frames' mean
+    and variance, and the music's level, log-mel figures and pitch clarity, which the quality
+    report measures pieces against.
 
     Streams file by file, so memory stays near the size of the largest single file.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     stats, file_starts, used, skipped = RunningStats(NUM_FEATURES), [0], [], []
-    sum_squares, num_samples = 0.0, 0
+    sum_squares, num_samples, pitch_counts = 0.0, 0, np.zeros(2)
     filters, mel_total, mel_seconds = mel_filterbank(), LogMelStats(), []
-    # One writer thread: a file's frames go to disk, and its log-mel figures are gathered, while
-    # the next file is read and transformed.
-    with open(npy_path, "wb") as raw, ThreadPoolExecutor(max_workers=1) as writer, \
-            QuitAtSafePoints() as ctrl_c:
+    # One writer thread: a file's frames and audio go to disk, and its log-mel figures are
+    # gathered, while the next file is read and transformed.
+    with open(folder / "frames.npy", "wb") as raw, open(folder / "audio.npy", "wb") as pcm, \
+            ThreadPoolExecutor(max_workers=1) as writer, QuitAtSafePoints() as ctrl_c:
         raw.write(bytes(NPY_HEADER_BYTES))
+        pcm.write(bytes(NPY_HEADER_BYTES))
         pending = writer.submit(lambda: None)
         for path in wav_paths:
             ctrl_c.check()
@@ -620,9 +833,12 @@ def write_raw_frames(wav_paths, npy_path, kind):
 
             def write_and_measure(frames=frames, audio=audio):
                 raw.write(frames)
+                pcm.write(padded_pcm16(audio))
                 mel_seconds.append(log_mel_stats(lambda start, stop: audio[start:stop],
                                                  len(audio), filters, into=mel_total)
                                    .second_means())
+                pitch_counts[:] += pitch_clarity_counts(lambda start, stop: audio[start:stop],
+                                                        len(audio))
 
             pending = writer.submit(write_and_measure)
             stats.add(frames)
@@ -632,27 +848,65 @@ def write_raw_frames(wav_paths, npy_path, kind):
             used.append((path.name, len(audio) / SAMPLE_RATE))
         pending.result()
         ctrl_c.check()
+        pcm.seek(0)
+        pcm.write(npy_header(((file_starts[-1] + len(used)) * BLOCK_SIZE,), "<i2"))
+        pcm.flush()
+        os.fsync(pcm.fileno())
     rms_db = 10 * math.log10(max(sum_squares / max(num_samples, 1), 1e-20))
-    reference = MusicReference(rms_db, *mel_total.mean_and_cov(), mel_seconds) if used else None
+    reference = MusicReference(rms_db, *mel_total.mean_and_cov(), mel_seconds,
+                               pitch_counts[0] / max(pitch_counts[1], 1)) if used else None
     return stats, np.array(file_starts, dtype=np.int64), used, skipped, reference
 
 
-def normalise_npy_in_place(npy_path, num_frames, mean, std, chunk_frames=256):
-    """Pass 2: write the real header, then normalise the frames in place a chunk at a time.
+INDEX_DIMENSIONS = 64  # principal components kept in the compressed index of the frames
+INDEX_SAMPLE = 2048  # frames, evenly spaced, from which the principal axes are found
 
-    Plain reads and writes rather than a memory map, so resident memory stays one chunk."""
+
+def read_rows(handle, rows, mean, std):
+    """Rows of the raw frames file, normalised: (len(rows), NUM_FEATURES) float32."""
+    out = np.empty((len(rows), NUM_FEATURES), np.float32)
+    for position, row in enumerate(rows):
+        handle.seek(NPY_HEADER_BYTES + int(row) * NUM_FEATURES * 4)
+        handle.readinto(memoryview(out[position]).cast("B"))
+    return normalise(out, mean, std)
+
+
+def principal_axes(sample, dimensions=INDEX_DIMENSIONS):
+    """(dimensions, features) float32: the directions along which the normalised frames
+    `sample` (n, features) vary most, through the small n x n Gram matrix."""
+    gram = sample.astype(np.float64) @ sample.T.astype(np.float64)
+    values, vectors = np.linalg.eigh(gram)
+    keep = np.argsort(values)[::-1][: min(dimensions, len(sample))]
+    keep = keep[values[keep] > 1e-9 * max(values.max(), 1e-30)]
+    axes = (vectors[:, keep].T @ sample) / np.sqrt(values[keep])[:, None]
+    return axes.astype(np.float32)
+
+
+def normalise_npy_in_place(npy_path, num_frames, mean, std, chunk_frames=256):
+    """Pass 2: write the real header, then normalise the frames in place a chunk at a time,
+    compressing each into the index on the way. Returns (components, codes).
+
+    Plain reads and writes rather than a memory map, so resident memory stays one chunk (and
+    the sample the principal axes are found from)."""
     chunk = np.empty((chunk_frames, NUM_FEATURES), np.float32)
+    codes = []
     with open(npy_path, "r+b") as handle:
-        handle.write(npy_header(num_frames))
+        sample = np.unique(np.linspace(0, num_frames - 1, min(num_frames, INDEX_SAMPLE)).astype(int))
+        components = principal_axes(read_rows(handle, sample, mean, std))
+        handle.seek(0)
+        handle.write(npy_header((num_frames, NUM_FEATURES)))
         for start in range(0, num_frames, chunk_frames):
             rows = min(chunk_frames, num_frames - start)
             offset = NPY_HEADER_BYTES + start * NUM_FEATURES * 4
             handle.seek(offset)
             handle.readinto(memoryview(chunk[:rows]).cast("B"))
+            normalised = normalise(chunk[:rows], mean, std)
+            codes.append(normalised @ components.T)
             handle.seek(offset)
-            handle.write(normalise(chunk[:rows], mean, std).tobytes())
+            handle.write(normalised.tobytes())
         handle.flush()
         os.fsync(handle.fileno())
+    return components, np.concatenate(codes).astype(np.float32)
 
 
 def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind=DEFAULT_FRAMES):
@@ -664,17 +918,18 @@ def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind=DEFAULT_FRA
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        stats, file_starts, used, skipped, reference = write_raw_frames(
-            wav_paths, partial / "frames.npy", kind)
+        stats, file_starts, used, skipped, reference = write_raw_frames(wav_paths, partial, kind)
         if not used:
             raise UserError(no_music_message(dataset_dir, wav_paths, skipped))
         if dataset_fingerprint(find_wav_files(dataset_dir), kind) != fingerprint:
             raise UserError(f"The music in {dataset_dir} changed while it was being read; "
                             f"the cache was not saved. Run again once the folder is settled.")
         mean, std = stats.mean_and_std()
-        normalise_npy_in_place(partial / "frames.npy", int(file_starts[-1]), mean, std)
+        components, codes = normalise_npy_in_place(partial / "frames.npy", int(file_starts[-1]),
+                                                   mean, std)
         seconds = reference.second_means
         for name, array in [("file_starts", file_starts), ("mean", mean), ("std", std),
+                            ("components", components), ("codes", codes),
                             ("mel_mean", reference.mel_mean), ("mel_cov", reference.mel_cov),
                             ("mel_seconds", np.concatenate(seconds)),
                             ("mel_second_starts", np.cumsum([0] + [len(s) for s in seconds]))]:
@@ -685,7 +940,8 @@ def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind=DEFAULT_FRA
         os.replace(partial, final)
         manifest = {"fingerprint": fingerprint, "folder": folder_name, "settings":
                     preprocessing_settings(kind), "num_frames": int(file_starts[-1]),
-                    "files": [name for name, _ in used], "rms_db": reference.rms_db}
+                    "files": [name for name, _ in used], "rms_db": reference.rms_db,
+                    "pitch_clarity": reference.pitch_clarity}
         write_json_atomically(cache_dir / CACHE_MANIFEST, manifest)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -729,6 +985,10 @@ def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
         say(f"Reusing the frame cache in {cache_dir}: {len(cache.file_names)} file(s), "
             f"{len(cache.frames)} frames ({len(cache.frames) / FRAMES_PER_SECOND / 60:.1f} min).")
         return cache
+    if older_cache_version(cache_dir) is not None:
+        say(f"The frame cache in {cache_dir} was made by an older version of this tool "
+            f"(cache version {older_cache_version(cache_dir)}, now {CACHE_VERSION}: it now keeps "
+            f"the music's recorded sound for --synthesis grains); rebuilding it.")
     say(f"Building the frame cache in {cache_dir} from {len(wav_paths)} .wav file(s)...")
     started = time.perf_counter()
     used, skipped = build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind)
@@ -737,6 +997,16 @@ def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
     say(f"Cached {len(cache.frames)} frames from {len(used)} file(s), {minutes:.1f} min of music"
         f"{f', {len(skipped)} skipped' if skipped else ''}, in {time.perf_counter() - started:.1f} s.")
     return cache
+
+
+def older_cache_version(cache_dir):
+    """The version of a cache made by an older version of this tool, else None."""
+    try:
+        version = json.loads((Path(cache_dir) / CACHE_MANIFEST).read_text())["settings"][
+            "cache_version"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return version if isinstance(version, int) and version < CACHE_VERSION else None
 
 
 def check_dataset_folder(dataset_dir):
@@ -1555,6 +1825,81 @@ def frechet_distance(mean_a, cov_a, mean_b, cov_b):
     return float(np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root))
 
 
+PITCH_WINDOW = 4096  # samples per pitch-clarity frame (93 ms; bins 10.8 Hz apart), no overlap
+PITCH_BAND = (50.0, 5000.0)  # Hz: where the fundamentals and strong partials of music lie
+PITCH_NEIGHBOURS = 10  # bins either side (about 110 Hz) that a partial must stand out from
+PITCH_PROMINENCE_DB = 20.0  # how far a partial stands above its neighbourhood's mean level
+PITCH_CLEAR = 0.5  # share of a frame's energy in partials for the frame to count as pitched
+PITCH_AUDIBLE_DB = -50.0  # frames quieter than this (RMS, dB full scale) are not counted
+
+
+def tonal_shares(audio):
+    """(samples,) -> per PITCH_WINDOW frame, the share of its energy (in PITCH_BAND) that lies in
+    partials: spectral peaks standing PITCH_PROMINENCE_DB above the mean log level of the bins
+    around them; and whether the frame is loud enough to count. A note or a chord puts nearly
+    all its energy in partials, noise almost none, and a blurred spectrum (the average of
+    several) smears its peaks into their neighbourhood, so they no longer stand out."""
+    from scipy import fft
+    from scipy.ndimage import maximum_filter1d, uniform_filter1d
+
+    count = len(audio) // PITCH_WINDOW
+    windows = np.asarray(audio[: count * PITCH_WINDOW], np.float32).reshape(count, PITCH_WINDOW)
+    low, high = (max(int(hz * PITCH_WINDOW / SAMPLE_RATE), PITCH_NEIGHBOURS) for hz in PITCH_BAND)
+    spectrum = fft.rfft(windows * np.hanning(PITCH_WINDOW).astype(np.float32), axis=-1)
+    power = (np.square(spectrum.real) + np.square(spectrum.imag))[:, low - PITCH_NEIGHBOURS :
+                                                                    high + PITCH_NEIGHBOURS]
+    level = 10 * np.log10(power + 1e-12)
+    neighbourhood = uniform_filter1d(level, 2 * PITCH_NEIGHBOURS + 1, axis=-1, mode="nearest")
+    peaks = (level == maximum_filter1d(level, 5, axis=-1)) \
+        & (level - neighbourhood >= PITCH_PROMINENCE_DB)
+    partials = maximum_filter1d(peaks, 5, axis=-1)  # a peak and the two bins either side
+    inside = slice(PITCH_NEIGHBOURS, -PITCH_NEIGHBOURS)
+    total = power[:, inside].sum(axis=-1)
+    shares = (power * partials)[:, inside].sum(axis=-1) / np.maximum(total, 1e-30)
+    audible = 10 * np.log10(np.mean(np.square(windows, dtype=np.float64), axis=-1) + 1e-20) \
+        >= PITCH_AUDIBLE_DB
+    return shares, audible
+
+
+def pitch_clarity_counts(read_samples, num_samples, chunk_windows=256):
+    """[clearly pitched frames, audible frames] of a signal of any length, a chunk at a time."""
+    counts = np.zeros(2)
+    chunk = chunk_windows * PITCH_WINDOW
+    for start in range(0, num_samples - PITCH_WINDOW + 1, chunk):
+        shares, audible = tonal_shares(read_samples(start, min(start + chunk, num_samples)))
+        counts += [np.count_nonzero(audible & (shares >= PITCH_CLEAR)), np.count_nonzero(audible)]
+    return counts
+
+
+def pitch_clarity(audio):
+    """The share of a signal's audible time that is clearly pitched, 0 to 1 (nan if silent)."""
+    clear, audible = pitch_clarity_counts(lambda start, stop: audio[start:stop], len(audio))
+    return clear / audible if audible else math.nan
+
+
+def verbatim_stretches(indices, file_starts):
+    """Lengths, in frames, of the runs in which each index is the one before plus one in the
+    same file: stretches of the training music played back as it was recorded."""
+    indices = np.asarray(indices)
+    if len(indices) == 0:
+        return np.zeros(0, int)
+    files = np.searchsorted(file_starts, indices, side="right")
+    follows = (np.diff(indices) == 1) & (np.diff(files) == 0)
+    breaks = np.flatnonzero(~follows) + 1
+    return np.diff(np.concatenate([[0], breaks, [len(indices)]]))
+
+
+def copy_figures(indices, file_starts):
+    """The longest verbatim stretch in seconds, and the share of the time spent in verbatim
+    stretches of 2 s or more."""
+    stretches = verbatim_stretches(indices, file_starts)
+    if len(stretches) == 0:
+        return {"longest_verbatim_s": 0.0, "verbatim_2s_share": 0.0}
+    long_ones = stretches[stretches >= 2 * FRAMES_PER_SECOND]
+    return {"longest_verbatim_s": float(stretches.max() / FRAMES_PER_SECOND),
+            "verbatim_2s_share": float(long_ones.sum() / stretches.sum())}
+
+
 @dataclasses.dataclass
 class MusicReference:
     """What a piece is measured against: figures of the training music, gathered while the frame
@@ -1564,6 +1909,7 @@ class MusicReference:
     mel_mean: np.ndarray  # (MEL_BANDS,)
     mel_cov: np.ndarray  # (MEL_BANDS, MEL_BANDS)
     second_means: list  # per file: (seconds, MEL_BANDS) one-second-averaged log-mel
+    pitch_clarity: float = math.nan  # share of the music's audible time that is clearly pitched
 
     def movement(self, seconds):
         """The training music's movement in pieces of `seconds` (whole files when shorter)."""
@@ -1582,6 +1928,7 @@ def measure_piece(samples, reference, scale=1.0):
 
     stats = log_mel_stats(read_samples, len(samples), mel_filterbank())
     mel_mean, mel_cov = stats.mean_and_cov()
+    clear, audible = pitch_clarity_counts(read_samples, len(samples))
     reference_movement = reference.movement(len(samples) // SAMPLE_RATE)
     movement = movement_of(stats.second_means())
     return {"seconds": len(samples) / SAMPLE_RATE,
@@ -1592,7 +1939,9 @@ def measure_piece(samples, reference, scale=1.0):
             "clicks": click_ratio(samples),
             "spectral_distance": frechet_distance(mel_mean, mel_cov, reference.mel_mean,
                                                   reference.mel_cov),
-            "movement": movement / reference_movement if reference_movement > 0 else math.nan}
+            "movement": movement / reference_movement if reference_movement > 0 else math.nan,
+            "pitch_clarity": clear / audible if audible else math.nan,
+            "music_pitch_clarity": reference.pitch_clarity}
 
 
 class WavSamples:
@@ -1618,52 +1967,59 @@ class WavSamples:
         self.handle.close()
 
 
-def report_quality(paths, reference, skip_seconds):
+def report_quality(paths, reference, skip_seconds, copies):
     """Print each piece's figures and write them beside it as NAME-i.json. Only what the
-    network wrote is measured: a --seed-wav prefix is skipped."""
-    say(f"Quality against the training music ({reference.rms_db:.1f} dB RMS): level of the "
-        f"first and last second, clicks (1.0 = none), spectral distance (lower is closer), "
-        f"movement (about 1 for music, near 0 for noise or a held chord).")
-    for path, skip in zip(paths, skip_seconds):
+    network wrote is measured: a --seed-wav prefix is skipped. copies: each piece's
+    copy_figures."""
+    say(f"Quality against the training music ({reference.rms_db:.1f} dB RMS, "
+        f"{100 * reference.pitch_clarity:.0f}% clearly pitched): level of the first and last "
+        f"second, clicks (1.0 = none), spectral distance (lower is closer), movement (about 1 "
+        f"for music, near 0 for noise or a held chord), pitch clarity (share of the time with "
+        f"clear pitch), and the longest stretch of the training music played back verbatim.")
+    for path, skip, copied in zip(paths, skip_seconds, copies):
         samples = WavSamples(path, int(skip * SAMPLE_RATE))  # read a chunk at a time
-        figures = measure_piece(samples, reference, scale=1 / 32768)
+        figures = {**measure_piece(samples, reference, scale=1 / 32768), **copied}
         samples.close()
         write_json_atomically(path.with_suffix(".json"), {"file": path.name, **figures})
         say(f"  {path}: {figures['seconds']:.2f} s | level {figures['first_second_db']:.1f} -> "
             f"{figures['last_second_db']:.1f} dB | clicks {figures['clicks']:.2f} | "
-            f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f}")
+            f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f} | "
+            f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | verbatim: longest "
+            f"{figures['longest_verbatim_s']:.2f} s, {100 * figures['verbatim_2s_share']:.0f}% "
+            f"in stretches of 2 s or more")
 
 
 def compose(model, cache, config, mean, std, rng, seed_wavs=None):
     """Write the pieces: seeded from --seed-wav files when given, else from the training music."""
-    synthesis = make_synthesis(config.frames, len(seed_wavs[0]) if seed_wavs else config.num_pieces)
     if seed_wavs is not None:
         raw_seeds, prefixes, endings = seed_wavs
-        synthesis.prime_with_audio(endings)
         say(f"Continuing {len(prefixes)} piece(s) of your own for {config.seconds} s each; every "
             f"file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed.")
     else:
         raw_seeds, prefixes = denormalise(pick_seeds(cache.frames, cache.file_starts,
                                                      config.num_pieces, rng),
                                           cache.mean, cache.std), None
-        synthesis.prime(raw_seeds)
         say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
-            f"1 s clips of the training music...")
+            f"1 s clips of the training music, sounded as {config.synthesis}...")
+    synthesis = make_synthesis(config.frames, len(raw_seeds), config.synthesis,
+                               RealFrames(cache, mean, std), config.copy_limit)
+    synthesis.prime(raw_seeds)
+    if seed_wavs is not None:
+        synthesis.prime_with_audio(endings)
     paths = output_paths(config.output_name, len(raw_seeds))
     with QuitAtSafePoints() as ctrl_c:
-        predict_next = make_step_function(model, len(raw_seeds))
-        magnitude = config.frames == "magnitude"
-        if config.temperature or magnitude:
+        predict_next, music_frames = make_step_function(model, len(raw_seeds)), None
+        if config.temperature or config.frames == "magnitude":
             errors, music_frames = prediction_errors(model, cache, rng)
             predict_next = with_sampled_errors(predict_next, errors, config.temperature, rng)
-            if magnitude:  # the mean of log-magnitudes is a loudness; of real+imag it is not
-                predict_next = within_music_levels(predict_next, music_frames)
+        predict_next = synthesis.steer(predict_next, music_frames)
         write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, config.seconds,
                      paths, synthesis, prefixes, ctrl_c)
     say(f"Wrote {len(paths)} piece(s).")
     seed_ends = [0.0 if prefix is None else len(prefix) / SAMPLE_RATE
                  for prefix in prefixes or [None] * len(paths)]
-    report_quality(paths, cache.reference, seed_ends)
+    report_quality(paths, cache.reference, seed_ends,
+                   [copy_figures(indices, cache.file_starts) for indices in synthesis.copy_indices])
     if config.plots:
         for path, seed_end in zip(paths, seed_ends):
             say(f"Spectrogram: {plot_spectrogram(path, path.with_suffix('.png'), seed_end)}")
@@ -1915,6 +2271,18 @@ def temperature(text):
     return value
 
 
+def copy_limit(text):
+    """Seconds, at least one frame (0.25 s)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds such as 4, "
+                                         f"got {text!r}") from None
+    if not 1 / FRAMES_PER_SECOND <= value <= 3600:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be from 0.25 to 3600 seconds, got {text}")
+    return value
+
+
 def output_name(text):
     if not text or text.endswith(("/", os.sep)):
         raise argparse.ArgumentTypeError(f"expected a file name without .wav, got {text!r}")
@@ -1962,6 +2330,14 @@ def make_parser():
                             help="how much of the network's own errors to add back to each "
                                  "predicted frame: 0 writes its plain average, higher moves "
                                  "more (default: 1; 0 with --frames plain, as the original)")
+    generation.add_argument("--synthesis", choices=list(SYNTHESES),
+                            help="how predicted frames become sound: " + "; ".join(
+                                f"{way}: {text}" for way, text in SYNTHESES.items())
+                            + " (default: grains; spectra with --frames plain)")
+    generation.add_argument("--copy-limit", type=copy_limit, metavar="SECONDS",
+                            help=f"with grains, the longest stretch of your music played back "
+                                 f"verbatim, in seconds, at least 0.25 (default: "
+                                 f"{COPY_LIMIT_SECONDS:g})")
     generation.add_argument("--frames", choices=list(FRAME_KINDS),
                             help="how audio becomes frames: " + "; ".join(
                                 f"{kind}: {text}" for kind, text in FRAME_KINDS.items()))
@@ -1985,6 +2361,11 @@ def config_from_args(args, parser):
 
     seed_wavs = tuple(Path(path) for path in args.seed_wav or ())
     frames = args.frames or DEFAULT_FRAMES
+    if args.synthesis == "grains" and frames == "plain":
+        parser.error("--synthesis grains needs magnitude frames: it finds the real frame of your "
+                     "music that sounds nearest to each prediction, and plain frames hold the "
+                     "phase, which says little of the sound. Use --synthesis spectra with "
+                     "--frames plain, or leave out --frames plain.")
     return Config(dataset_dir=Path(setting("datasets_folder_path")),
                   cache_dir=Path(setting("traindata_folder_path")),
                   output_name=setting("output_music_name"),
@@ -1994,7 +2375,10 @@ def config_from_args(args, parser):
                   num_pieces=len(seed_wavs) or setting("generated_music_num"),
                   random_seed=args.random_seed, seed_wavs=seed_wavs, plots=not args.no_plots,
                   frames=frames, temperature=SAMPLING[frames]["temperature"]
-                  if args.temperature is None else args.temperature, demo=args.demo)
+                  if args.temperature is None else args.temperature,
+                  synthesis=args.synthesis or DEFAULT_SYNTHESIS[frames],
+                  copy_limit=COPY_LIMIT_SECONDS if args.copy_limit is None else args.copy_limit,
+                  demo=args.demo)
 
 
 def print_settings(config):

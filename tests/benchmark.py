@@ -179,9 +179,10 @@ def train_throughput(tool, cache, neurons, layers, batch_size, blocks, steps, wa
             model)
 
 
-def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind):
-    """Wall time of the tool's generation (stateful step, sampled errors, audio rebuilt for this
-    kind of frame, WAVs written), after the one-time set-up, as training is timed after warm-up:
+def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind, way):
+    """Wall time of the tool's generation (stateful step, sampled errors, audio made for this
+    kind of frame and way of sounding it, WAVs written), after the one-time set-up, as training
+    is timed after warm-up:
     the step function's compile, and for magnitude frames the network's errors on held-out
     windows (compose() computes them once per run). Returns (median s, compile s, set-up s)."""
     rng = np.random.default_rng(0)
@@ -203,10 +204,12 @@ def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind)
             path.unlink(missing_ok=True)
         predict_next = tool.make_step_function(model, pieces, step)  # fresh states
         if kind == "magnitude":  # as compose() does
-            predict_next = tool.within_music_levels(tool.with_sampled_errors(
-                predict_next, errors, tool.SAMPLING[kind]["temperature"], rng), music_frames)
-        synthesis = tool.make_synthesis(kind, pieces)
+            predict_next = tool.with_sampled_errors(
+                predict_next, errors, tool.SAMPLING[kind]["temperature"], rng)
+        synthesis = tool.make_synthesis(kind, pieces, way, tool.RealFrames(cache, cache.mean,
+                                                                           cache.std))
         synthesis.prime(tool.denormalise(seeds, cache.mean, cache.std))
+        predict_next = synthesis.steer(predict_next, music_frames if kind == "magnitude" else None)
         tool.write_pieces(predict_next, seeds, cache.mean, cache.std, seconds, paths, synthesis)
 
     return median_time(generate, repeats), compile_seconds, setup_seconds
@@ -234,6 +237,30 @@ def refeed_seconds(tool, model, cache, pieces, seconds):
     elapsed = time.perf_counter() - started
     tool.use_fastest_lstm_kernel(model, on_gpu=False)
     return elapsed
+
+
+def grain_workload(music, cache_folder, pieces=10, frames=40):
+    """Choose and sound grains from the cache of this music, with random predictions in place
+    of the network (whose memory does not depend on the music)."""
+    tool = load_tool()
+    cache = tool.prepare_cache(music, cache_folder)
+    synthesis = tool.make_synthesis("magnitude", pieces, "grains",
+                                    tool.RealFrames(cache, cache.mean, cache.std))
+    synthesis.prime(tool.denormalise(np.repeat(cache.frames[None, :4], pieces, axis=0),
+                                     cache.mean, cache.std))
+    rng = np.random.default_rng(0)
+    predict = synthesis.steer(lambda batch: rng.standard_normal(batch.shape).astype(np.float32))
+    synthesis.warm_up, batch = 0, np.asarray(cache.frames[:pieces])
+    for _ in range(frames):
+        batch = predict(batch)
+        synthesis.push(None)
+
+
+def grain_peak_rss_mb(music, work):
+    """Peak resident memory of grain_workload in a fresh process, on the cache that
+    prep_peak_rss_mb built: what of generation grows with the music's length."""
+    return peak_rss_mb(f"runpy.run_path({str(Path(__file__).resolve())!r})['grain_workload']("
+                       f"{str(music)!r}, {str(work / ('rss-' + music.name))!r})")
 
 
 def train_peak_rss_mb(music, work, neurons, layers, batch_size, steps):
@@ -284,16 +311,26 @@ def measure(sizes, work):
     # magnitude path at 38x realtime, 83x in a fresh process), so the figure that matters
     # comes second.
     stateful_plain, _, _ = generation_seconds(tool, model, cache, pieces, seconds, 5, work,
-                                              "plain")
+                                              "plain", "spectra")
+    stateful_spectra, _, _ = generation_seconds(tool, model, cache, pieces, seconds, 5, work,
+                                                "magnitude", "spectra")
     stateful, results["gen_compile_s"], results["gen_setup_s"] = generation_seconds(
-        tool, model, cache, pieces, seconds, 5, work, tool.DEFAULT_FRAMES)
+        tool, model, cache, pieces, seconds, 5, work, tool.DEFAULT_FRAMES,
+        tool.DEFAULT_SYNTHESIS[tool.DEFAULT_FRAMES])
     refeed = refeed_seconds(tool, model, cache, pieces, seconds)
     results["gen_x_realtime"] = pieces * seconds / stateful
+    results["gen_x_realtime_spectra"] = pieces * seconds / stateful_spectra
     results["gen_x_realtime_plain"] = pieces * seconds / stateful_plain
     results["gen_speedup_vs_refeed"] = refeed / stateful
     print(f"generation: {results['gen_x_realtime']:.0f}x realtime "
-          f"({results['gen_x_realtime_plain']:.0f}x with plain frames, no phase to rebuild), "
+          f"({results['gen_x_realtime_spectra']:.0f}x sounding the spectra, "
+          f"{results['gen_x_realtime_plain']:.0f}x with plain frames, no phase to rebuild), "
           f"{results['gen_speedup_vs_refeed']:.1f}x faster than re-feeding", flush=True)
+    results["grain_peak_rss_mb_10min"] = grain_peak_rss_mb(music10, work)
+    results["grain_peak_rss_mb_60min"] = grain_peak_rss_mb(music60, work)
+    print(f"grains' peak RSS on {sizes['minutes']} / {sizes['minutes_long']} min of music: "
+          f"{results['grain_peak_rss_mb_10min']:.0f} / {results['grain_peak_rss_mb_60min']:.0f} MB",
+          flush=True)
 
     results["train_peak_rss_mb_60min"] = train_peak_rss_mb(music60, work, neurons, layers, batch,
                                                            sizes["rss_steps"])
@@ -319,6 +356,8 @@ def print_table(results, sizes):
         print(f"{key:<28} {value:>12.3f}  {operator} {target}")
     ratio = results["prep_peak_rss_mb_60min"] / results["prep_peak_rss_mb_10min"]
     print(f"{'prep RSS 60 min / 10 min':<28} {ratio:>12.3f}  <= 1.2")
+    ratio = results["grain_peak_rss_mb_60min"] / results["grain_peak_rss_mb_10min"]
+    print(f"{'grains RSS 60 min / 10 min':<28} {ratio:>12.3f}  <= 1.2")
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"sizes: {sizes}")
     print("train_mfu counts 6 x parameters FLOPs per training frame (forward 2, backward 4).")

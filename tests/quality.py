@@ -3,6 +3,8 @@
 
     python3 tests/quality.py                    # both sets, both kinds of frame: 1 h on a CPU
     python3 tests/quality.py --temperatures 0,1 # also generate with these temperatures
+    python3 tests/quality.py --frames magnitude --variants "grains=--synthesis grains" \
+        --variants "spectra=--synthesis spectra"   # also generate with these flags
     python3 tests/quality.py --sets synthetic   # only the synthetic melody
     python3 tests/quality.py --frames plain     # only the original frames
     python3 tests/quality.py -e 2 -n 64 -l 1    # a smoke run, in minutes
@@ -41,7 +43,9 @@ RATE = 44_100
 PIECE_SECONDS = 30
 HELD_OUT_SOUNDTRACK = "race1-jt"
 TARGETS = "level within 6 dB of the music, |last - first| <= 3 dB, clicks <= 1.2, " \
-          "movement >= 0.7, distance <= the held-out piece's"
+          "movement 0.7-1.4, distance <= the held-out piece's, pitch clarity within 10 % of " \
+          "the music's, longest verbatim stretch <= 5 s, time in verbatim stretches of 2 s or " \
+          "more <= 25 %"
 
 
 def load_tool():
@@ -109,24 +113,32 @@ def soundtrack_set(folder):
 # Runs and figures
 
 
-def run_tool(train_folder, run_folder, frames, args, temperature=None):
-    """Train from scratch and write the pieces, or with a temperature, generate more from the
-    trained model with it; returns the report of each piece and the run's seconds."""
+def run_tool(train_folder, run_folder, frames, args, temperature=None, variant=None):
+    """Train from scratch and write the pieces, or with a temperature or a variant (a name and
+    extra flags), generate more from the trained model; returns the report of each piece and
+    the run's seconds."""
     name = "piece" if temperature is None else f"t{temperature}"
-    if temperature is None:
+    generate_only = temperature is not None or variant is not None
+    if variant is not None:
+        name = variant[0]
+    if not generate_only:
         shutil.rmtree(run_folder, ignore_errors=True)
         run_folder.mkdir(parents=True)
-    command = [sys.executable, str(SCRIPT), "-d", str(train_folder),
+    for stale in run_folder.glob(f"{name}-*"):
+        stale.unlink()
+    command = [sys.executable, str(args.script), "-d", str(train_folder),
                "-t", str(run_folder / "train_data"), "-o", str(run_folder / name),
                "-s", str(PIECE_SECONDS), "-g", str(args.pieces), "--frames", frames,
                "--random-seed", str(args.random_seed), "--no-plots"]
     options = [("-e", args.epochs), ("-n", args.neurons), ("-l", args.layers)]
-    if temperature is not None:
+    if generate_only:
         options = [("-e", 0), ("-n", args.neurons), ("-l", args.layers),
                    ("--temperature", temperature)]
     for flag, value in options:
         if value is not None:
             command += [flag, str(value)]
+    if variant is not None:
+        command += variant[1].split()
     print("$ " + " ".join(command), flush=True)
     started = time.perf_counter()
     with open(run_folder / f"log-{name}.txt", "w") as log:
@@ -150,10 +162,14 @@ def held_out_figures(tool, train_folder, run_folder, held_out, frames):
     audio, _ = tool.read_wav(held_out)
     audio = audio[: PIECE_SECONDS * RATE]
     synthesis = tool.make_synthesis(frames, 1)
-    rebuilt = np.concatenate([synthesis.push(frame[None])[0]
-                              for frame in tool.frames_from_audio(audio, frames)])
+    raw_frames = tool.frames_from_audio(audio, frames)
+    rebuilt = np.concatenate([synthesis.push(frame[None])[0] for frame in raw_frames])
     rebuilt = rebuilt[synthesis.overlap // 2 :][: len(audio)]  # windows are centred on blocks
-    return (tool.measure_piece(audio, cache.reference),
+    real = tool.RealFrames(cache, cache.mean, cache.std)
+    nearest = np.concatenate([real.nearest(raw_frames[start : start + 64])
+                              for start in range(0, len(raw_frames), 64)])
+    return ({**tool.measure_piece(audio, cache.reference),
+             **tool.copy_figures(nearest, cache.file_starts)},
             tool.measure_piece(rebuilt, cache.reference))
 
 
@@ -165,6 +181,12 @@ def summary(reports, held_out_pair, seconds):
         return statistics.median(report[key] for report in reports)
 
     music_db = reports[0]["music_db"]
+    music_pitch = reports[0].get("music_pitch_clarity", float("nan"))
+
+    def share(key):
+        values = [r.get(key, float("nan")) for r in reports]
+        return statistics.median(values)
+
     level_ok = [abs(r["first_second_db"] - music_db) <= 6 and abs(r["last_second_db"] - music_db)
                 <= 6 for r in reports]
     return {"pieces": len(reports), "run_seconds": None if seconds != seconds else round(seconds),
@@ -181,14 +203,25 @@ def summary(reports, held_out_pair, seconds):
             "held_out_first_last_db": [round(held_out["first_second_db"], 1),
                                        round(held_out["last_second_db"], 1)],
             "held_out_rebuilt_distance": round(rebuilt["spectral_distance"]),
+            "pitch_clarity": round(share("pitch_clarity"), 3),
+            "music_pitch_clarity": round(music_pitch, 3),
+            "held_out_pitch_clarity": round(held_out["pitch_clarity"], 3),
+            "held_out_rebuilt_pitch_clarity": round(rebuilt["pitch_clarity"], 3),
+            "longest_verbatim_s": share("longest_verbatim_s"),
+            "verbatim_2s_share": round(share("verbatim_2s_share"), 3),
+            "held_out_longest_verbatim_s": held_out["longest_verbatim_s"],
             "held_out_rebuilt_clicks": round(rebuilt["clicks"], 2),
             "meet": {"level": sum(level_ok),
                      "fade": sum(abs(r["last_second_db"] - r["first_second_db"]) <= 3
                                  for r in reports),
                      "clicks": sum(r["clicks"] <= 1.2 for r in reports),
-                     "movement": sum(r["movement"] >= 0.7 for r in reports),
+                     "movement": sum(0.7 <= r["movement"] <= 1.4 for r in reports),
                      "distance": sum(r["spectral_distance"] <= held_out["spectral_distance"]
-                                     for r in reports)}}
+                                     for r in reports),
+                     "pitch": sum(abs(r.get("pitch_clarity", 0) - music_pitch)
+                                  <= 0.1 * music_pitch for r in reports),
+                     "copy": sum(r.get("longest_verbatim_s", 99) <= 5
+                                 and r.get("verbatim_2s_share", 1) <= 0.25 for r in reports)}}
 
 
 def print_table(results):
@@ -196,18 +229,25 @@ def print_table(results):
           f"'meet' counts the pieces meeting each target.")
     print("held-out: the distance of a held-out piece of the same music; rebuilt: that piece "
           "turned into frames and back, as generation does.")
-    header = (f"{'set':<11}{'frames':<11}{'sampling':<9}{'music dB':>9}{'first':>7}{'last':>7}"
-              f"{'clicks':>8}{'movement':>10}{'distance':>10}{'held-out':>10}{'rebuilt':>9}"
-              f"  meet (level/fade/clicks/movement/distance)")
+    print("pitch: share of the time clearly pitched, piece / music / held-out / rebuilt; "
+          "verbatim: longest stretch (s) and share of time in stretches of 2 s or more.")
+    header = (f"{'set':<11}{'frames':<10}{'sampling':<10}{'music dB':>9}{'first':>7}{'last':>7}"
+              f"{'clicks':>7}{'move':>6}{'distance':>9}{'held-out':>9}{'rebuilt':>8}"
+              f"{'pitch':>22}{'verbatim':>11}"
+              f"  meet (level/fade/clicks/movement/distance/pitch/copy)")
     print(header)
     for (name, frames, label), figures in results.items():
         meet = "/".join(str(figures["meet"][key]) for key in
-                        ("level", "fade", "clicks", "movement", "distance"))
-        print(f"{name:<11}{frames:<11}{label:<9}{figures['music_db']:>9}"
+                        ("level", "fade", "clicks", "movement", "distance", "pitch", "copy"))
+        pitch = "/".join(f"{100 * figures[key]:.0f}" for key in (
+            "pitch_clarity", "music_pitch_clarity", "held_out_pitch_clarity",
+            "held_out_rebuilt_pitch_clarity"))
+        verbatim = f"{figures['longest_verbatim_s']:.1f}/{100 * figures['verbatim_2s_share']:.0f}%"
+        print(f"{name:<11}{frames:<10}{label:<10}{figures['music_db']:>9}"
               f"{figures['first_second_db']:>7}{figures['last_second_db']:>7}"
-              f"{figures['clicks']:>8}{figures['movement']:>10}"
-              f"{figures['spectral_distance']:>10}{figures['held_out_distance']:>10}"
-              f"{figures['held_out_rebuilt_distance']:>9}  "
+              f"{figures['clicks']:>7}{figures['movement']:>6}"
+              f"{figures['spectral_distance']:>9}{figures['held_out_distance']:>9}"
+              f"{figures['held_out_rebuilt_distance']:>8}{pitch:>22}{verbatim:>11}  "
               f"{meet} of {figures['pieces']}")
 
 
@@ -226,6 +266,11 @@ def main():
     parser.add_argument("--temperatures", default="",
                         help="also generate from each trained model with these --temperature "
                              "values, e.g. 0,0.5,1 (generation only, -e 0)")
+    parser.add_argument("--variants", action="append", default=[], metavar="NAME=FLAGS",
+                        help="also generate from each trained model with these extra flags, "
+                             "e.g. 'grains=--synthesis grains' (generation only, -e 0)")
+    parser.add_argument("--script", type=Path, default=SCRIPT,
+                        help="the music-composer.py to run (default: this checkout's)")
     parser.add_argument("--reuse", action="store_true",
                         help="keep the trained models and pieces in --work; only generate the "
                              "--temperatures rows not there yet")
@@ -261,6 +306,14 @@ def main():
                 else:
                     runs.append((f"T={temperature}",
                                  *run_tool(train_folder, run_folder, frames, args, temperature)))
+            for variant in args.variants:
+                label, _, flags = variant.partition("=")
+                done = reports_of(run_folder, label)
+                if args.report_only or (args.reuse and done):
+                    runs.append((label, done, float("nan")))
+                else:
+                    runs.append((label, *run_tool(train_folder, run_folder, frames, args,
+                                                  variant=(label, flags))))
             for label, reports, seconds in runs:
                 if not reports:  # --report-only: that row was never generated
                     continue

@@ -9,7 +9,8 @@ from conftest import ROOT
 
 KEYS = ["help_s", "prep_x_realtime", "prep_peak_rss_mb_10min", "prep_peak_rss_mb_60min",
         "matmul_gflops", "train_frames_per_s", "train_mfu", "gen_x_realtime",
-        "gen_x_realtime_plain", "gen_speedup_vs_refeed", "params"]
+        "gen_x_realtime_plain", "gen_x_realtime_spectra", "gen_speedup_vs_refeed",
+        "grain_peak_rss_mb_10min", "grain_peak_rss_mb_60min", "params"]
 
 
 def test_benchmark_quick_run_reports_every_key():

@@ -1,0 +1,294 @@
+"""Composing with the music's own sound (--synthesis grains), the copy figures and the
+pitch-clarity figure, called directly; and grains through the real command line."""
+
+import json
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from conftest import melody, run_cli, tone, write_int16
+
+RATE = 44_100
+
+
+# -----------------------------------------------------------------------------
+# Pitch clarity on known signals
+
+
+def chord(seconds):
+    return sum(tone(seconds, frequency, amplitude=0.2) for frequency in (261.6, 329.6, 392.0))
+
+
+def blurred(mc, audio, sigma_bins, seed=0):
+    """The signal's short-time magnitudes smeared along frequency, with random phase: what an
+    average of several spectra sounds like."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import istft, stft
+
+    _, _, spectrum = stft(audio, RATE, nperseg=4096)
+    magnitude = gaussian_filter1d(np.abs(spectrum), sigma_bins, axis=0)
+    phase = np.exp(2j * np.pi * np.random.default_rng(seed).random(magnitude.shape))
+    return istft(magnitude * phase, RATE, nperseg=4096)[1].astype(np.float32)
+
+
+def test_pitch_clarity_of_known_signals(mc):
+    assert mc.pitch_clarity(chord(4.0)) > 0.95
+    assert mc.pitch_clarity(melody(4.0)) > 0.8
+    assert mc.pitch_clarity(mc.demo_piece(16.0)) > 0.8
+    noise = 0.1 * np.random.default_rng(0).standard_normal(4 * RATE).astype(np.float32)
+    assert mc.pitch_clarity(noise) < 0.05
+    # Blurring the same chord and melody takes their clarity away, the more the wider.
+    assert mc.pitch_clarity(blurred(mc, chord(4.0), 2)) < 0.2
+    assert mc.pitch_clarity(blurred(mc, melody(4.0), 4)) < 0.2
+    assert mc.pitch_clarity(blurred(mc, melody(4.0), 1)) > mc.pitch_clarity(
+        blurred(mc, melody(4.0), 4))
+
+
+def test_pitch_clarity_ignores_silence_and_streams(mc):
+    assert np.isnan(mc.pitch_clarity(np.zeros(RATE, np.float32)))
+    # Half silence, half chord: only the audible half counts, and it is all pitched.
+    half = np.concatenate([np.zeros(2 * RATE, np.float32), chord(2.0)])
+    assert mc.pitch_clarity(half) > 0.95
+    # Chunked reading gives the counts of the whole signal read at once.
+    audio = np.concatenate([melody(3.0), 0.1 * np.random.default_rng(1).standard_normal(3 * RATE)
+                            .astype(np.float32)])
+    whole = mc.pitch_clarity_counts(lambda a, b: audio[a:b], len(audio), chunk_windows=10_000)
+    chunked = mc.pitch_clarity_counts(lambda a, b: audio[a:b], len(audio), chunk_windows=3)
+    np.testing.assert_array_equal(whole, chunked)
+    assert 0.3 < whole[0] / whole[1] < 0.7
+
+
+# -----------------------------------------------------------------------------
+# Copy figures
+
+
+def test_verbatim_stretches_follow_the_files(mc):
+    file_starts = np.array([0, 10, 30])
+    # 3..6 is one stretch of 4; 9 -> 10 crosses into the next file, so it breaks there.
+    indices = [3, 4, 5, 6, 2, 9, 10, 11, 20, 20]
+    np.testing.assert_array_equal(mc.verbatim_stretches(indices, file_starts), [4, 1, 1, 2, 1, 1])
+    figures = mc.copy_figures(list(range(12, 24)) + [0, 5, 7, 9], file_starts)
+    assert figures["longest_verbatim_s"] == 3.0  # 12 frames of 0.25 s
+    assert figures["verbatim_2s_share"] == pytest.approx(12 / 16)
+    assert mc.copy_figures([1, 3, 5], file_starts) == {"longest_verbatim_s": 0.25,
+                                                      "verbatim_2s_share": 0.0}
+
+
+# -----------------------------------------------------------------------------
+# The cache keeps the music's sound and a compressed index of its frames
+
+
+@pytest.fixture(scope="module")
+def cache(mc, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("grain-music")
+    music = folder / "music"
+    music.mkdir()
+    write_int16(music / "a.wav", melody(12.0, seed=1))
+    write_int16(music / "b.wav", 0.8 * chord(6.3))
+    return mc.prepare_cache(music, folder / "cache"), music
+
+
+def test_the_audio_of_a_frame_equals_the_recording(mc, cache):
+    cache, music = cache
+    for name, first in [("a.wav", 0), ("b.wav", int(cache.file_starts[1]))]:
+        _, recording = wavfile.read(music / name)
+        recording = recording / 32767.0
+        for local in (0, 5, cache.file_starts[cache.file_names.index(name) + 1] - first - 1):
+            start = local * mc.BLOCK_SIZE - mc.BLOCK_SIZE // 2  # the window centred on block i
+            expected = np.zeros(mc.WINDOW_SIZE)
+            inside = slice(max(start, 0), min(start + mc.WINDOW_SIZE, len(recording)))
+            expected[inside.start - start : inside.stop - start] = recording[inside]
+            np.testing.assert_allclose(cache.grain(first + local), expected, atol=2e-4)
+            # ... and the frame is that window's log-magnitude spectrum.
+            frame = np.log(np.abs(np.fft.rfft(cache.grain(first + local) * mc.sqrt_hann()))
+                           + mc.MAGNITUDE_FLOOR)
+            stored = mc.denormalise(cache.frames[first + local], cache.mean, cache.std)
+            np.testing.assert_allclose(frame, stored, atol=2e-2)
+
+
+def test_the_index_is_the_frames_projected_on_orthonormal_axes(mc, cache):
+    cache, _ = cache
+    dimensions = len(cache.components)
+    # At most INDEX_DIMENSIONS; fewer where the frames span fewer (the held chord repeats).
+    assert 10 <= dimensions <= min(mc.INDEX_DIMENSIONS, len(cache.frames))
+    np.testing.assert_allclose(cache.components @ cache.components.T, np.eye(dimensions),
+                               atol=1e-3)
+    np.testing.assert_allclose(cache.codes, np.asarray(cache.frames) @ cache.components.T,
+                               rtol=1e-3, atol=1e-2)
+    real = mc.RealFrames(cache, cache.mean, cache.std)
+    raw = mc.denormalise(cache.frames[[3, 20, 40]], cache.mean, cache.std)
+    np.testing.assert_array_equal(real.nearest(raw), [3, 20, 40])
+
+
+def test_a_cache_of_the_previous_version_is_rebuilt_with_a_message(mc, tmp_path, capsys):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "a.wav", melody(3.0))
+    mc.prepare_cache(music, tmp_path / "cache")
+    manifest_path = tmp_path / "cache" / mc.CACHE_MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    # What the previous version wrote: its settings, so its fingerprint, differ.
+    manifest["settings"]["cache_version"], manifest["fingerprint"] = 2, "0123456789abcdef"
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    rebuilt = mc.prepare_cache(music, tmp_path / "cache")
+    assert "older version of this tool (cache version 2, now 3" in capsys.readouterr().out
+    assert rebuilt.audio.shape == ((len(rebuilt.frames) + 1) * mc.BLOCK_SIZE,)
+
+
+# -----------------------------------------------------------------------------
+# Choosing real frames and sounding their recordings
+
+
+def memorised(cache, real, noise=0.0, seed=0):
+    """A network that learnt its music by heart: from each real frame it predicts the next one
+    (fed a frame it does not know, it predicts that frame's nearest real frame's successor)."""
+    rng = np.random.default_rng(seed)
+
+    def predict_next(frames):
+        raw = mc_denormalise(frames, real)
+        following = np.minimum(real.nearest(raw) + 1, len(cache.frames) - 1)
+        predicted = real.for_network(following)
+        return predicted + noise * rng.standard_normal(predicted.shape).astype(np.float32)
+
+    return predict_next
+
+
+def mc_denormalise(frames, real):
+    return (frames * real.std + real.mean).astype(np.float32)
+
+
+def write_grains(mc, cache, tmp_path, predict_next, seconds, copy_limit, start=2):
+    real = mc.RealFrames(cache, cache.mean, cache.std)
+    synthesis = mc.make_synthesis("magnitude", 1, "grains", real, copy_limit)
+    seeds = cache.frames[None, start : start + mc.WINDOW_FRAMES]
+    synthesis.prime(mc.denormalise(seeds, cache.mean, cache.std))
+    path = tmp_path / "g-0.wav"
+    mc.write_pieces(synthesis.steer(predict_next(real)), np.asarray(seeds), cache.mean, cache.std,
+                    seconds, [path], synthesis)
+    return synthesis, wavfile.read(path)[1] / 32767.0
+
+
+def test_grains_feed_back_real_frames_and_play_their_recordings(mc, cache, tmp_path):
+    cache, _ = cache
+    fed = []
+
+    def predictor(real):
+        inner = memorised(cache, real, noise=0.5, seed=3)
+
+        def predict_next(frames):
+            fed.append(np.array(frames))
+            return inner(frames)
+
+        return predict_next
+
+    synthesis, samples = write_grains(mc, cache, tmp_path, predictor, 4, copy_limit=100)
+    choices = synthesis.copy_indices[0]
+    assert len(choices) == 16 and len(samples) == 4 * RATE
+    # After the seed, everything fed back in is a real frame of the music, the one chosen.
+    for frames, choice in zip(fed[mc.WINDOW_FRAMES:], choices):
+        np.testing.assert_allclose(frames[0], cache.frames[choice], atol=1e-5)
+    # Each block is the overlap-add of the chosen windows' recordings.
+    window = mc.hann()
+    previous = 2 + mc.WINDOW_FRAMES - 1
+    for block, choice in enumerate(choices):
+        expected = cache.grain(previous)[mc.BLOCK_SIZE:] * window[mc.BLOCK_SIZE:] \
+            + cache.grain(choice)[: mc.BLOCK_SIZE] * window[: mc.BLOCK_SIZE]
+        got = samples[block * mc.BLOCK_SIZE : (block + 1) * mc.BLOCK_SIZE]
+        np.testing.assert_allclose(got, expected, atol=2e-4)
+        previous = choice
+
+
+def test_the_copy_guard_holds_on_a_model_that_memorised_its_music(mc, cache, tmp_path):
+    cache, music = cache
+    # Without a guard a memorised model plays its music back: one stretch.
+    synthesis, samples = write_grains(mc, cache, tmp_path, lambda real: memorised(cache, real),
+                                      6, copy_limit=100)
+    assert list(np.diff(synthesis.copy_indices[0])) == [1] * 23
+    _, recording = wavfile.read(music / "a.wav")
+    start = (2 + mc.WINDOW_FRAMES) * mc.BLOCK_SIZE - mc.BLOCK_SIZE // 2
+    np.testing.assert_allclose(samples[: 4 * RATE], recording[start : start + 4 * RATE] / 32767,
+                               atol=2e-4)
+    # With a 2 s guard no stretch is longer than 2 s, and each new one starts elsewhere.
+    (tmp_path / "g-0.wav").unlink()
+    synthesis, _ = write_grains(mc, cache, tmp_path, lambda real: memorised(cache, real), 6,
+                                copy_limit=2.0)
+    stretches = mc.verbatim_stretches(synthesis.copy_indices[0], cache.file_starts)
+    assert stretches.max() <= 8 and len(stretches) >= 3
+    figures = mc.copy_figures(synthesis.copy_indices[0], cache.file_starts)
+    assert figures["longest_verbatim_s"] <= 2.0
+
+
+def test_grains_continue_a_seed_wav_with_a_crossfade(mc, cache, tmp_path):
+    cache, _ = cache
+    prefix = tone(2.0, 330.0, amplitude=0.3)
+    real = mc.RealFrames(cache, cache.mean, cache.std)
+    synthesis = mc.make_synthesis("magnitude", 1, "grains", real)
+    raw_seed = mc.seed_frames(prefix, "magnitude")[None]
+    synthesis.prime(raw_seed)
+    synthesis.prime_with_audio(prefix[None, -mc.WINDOW_SIZE:])
+    path = tmp_path / "s-0.wav"
+    mc.write_pieces(synthesis.steer(memorised(cache, real)),
+                    mc.normalise(raw_seed, cache.mean, cache.std), cache.mean, cache.std, 3,
+                    [path], synthesis, [prefix])
+    samples = wavfile.read(path)[1] / 32767.0
+    assert len(samples) == 5 * RATE
+    unchanged = len(prefix) - mc.BLOCK_SIZE
+    np.testing.assert_allclose(samples[:unchanged], prefix[:unchanged], atol=1e-4)
+    # The join block fades the prefix's last block out as the first grain fades in.
+    first = synthesis.copy_indices[0][0]
+    expected = prefix[unchanged:] * mc.hann()[mc.BLOCK_SIZE:] \
+        + cache.grain(first)[: mc.BLOCK_SIZE] * mc.hann()[: mc.BLOCK_SIZE]
+    np.testing.assert_allclose(samples[unchanged : len(prefix)], expected, atol=2e-4)
+
+
+def test_spectra_note_the_nearest_real_frames(mc, cache, tmp_path):
+    cache, _ = cache
+    real = mc.RealFrames(cache, cache.mean, cache.std)
+    synthesis = mc.make_synthesis("magnitude", 1, "spectra", real)
+    frames = mc.denormalise(cache.frames[[7, 8, 9, 30]], cache.mean, cache.std)
+    for frame in frames:
+        synthesis.push(frame[None])
+    assert synthesis.copy_indices == [[7, 8, 9, 30]]
+
+
+# -----------------------------------------------------------------------------
+# Through the real command line
+
+
+def test_grains_and_spectra_through_the_command_line(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "a.wav", melody(20.0, seed=4))
+    common = ["-d", music, "-t", tmp_path / "train", "-n", "16", "-l", "1", "-s", "3", "-g", "2",
+              "--random-seed", "5", "--no-plots"]
+    trained = run_cli(*common, "-e", "1", "-o", tmp_path / "grains", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "sounded as grains" in trained.stdout
+    spectra = run_cli(*common, "-e", "0", "--synthesis", "spectra", "-o", tmp_path / "spectra",
+                      cwd=tmp_path)
+    assert spectra.returncode == 0, spectra.stderr
+    for name in ("grains", "spectra"):
+        for index in range(2):
+            report = json.loads((tmp_path / f"{name}-{index}.json").read_text())
+            assert 0 <= report["pitch_clarity"] <= 1 and report["music_pitch_clarity"] > 0.5
+            assert 0.25 <= report["longest_verbatim_s"] <= 3.0
+            assert 0 <= report["verbatim_2s_share"] <= 1
+            rate, samples = wavfile.read(tmp_path / f"{name}-{index}.wav")
+            assert rate == RATE and len(samples) == 3 * RATE and np.abs(samples).max() > 1000
+    assert "verbatim: longest" in spectra.stdout
+
+
+def test_grains_with_plain_frames_are_refused_at_once(tmp_path):
+    result = run_cli("--synthesis", "grains", "--frames", "plain", "-d", tmp_path / "none",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--synthesis grains needs magnitude frames" in result.stderr
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("value", ["0.1", "nan", "x"])
+def test_a_bad_copy_limit_is_refused(tmp_path, value):
+    result = run_cli("--copy-limit", value, cwd=tmp_path)
+    assert result.returncode == 2 and "--copy-limit" in result.stderr
