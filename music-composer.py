@@ -739,6 +739,7 @@ def load_cache(cache_dir, fingerprint):
         codes = np.load(folder / "codes.npy", allow_pickle=False)
         components = np.load(folder / "components.npy", allow_pickle=False)
         kind, pitch_clarity = manifest["settings"]["frame"], float(manifest["pitch_clarity"])
+        onset_rate = float(manifest["onset_rate"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     expected = (manifest.get("num_frames"), NUM_FEATURES)
@@ -752,7 +753,7 @@ def load_cache(cache_dir, fingerprint):
     starts = mel["mel_second_starts"]
     reference = MusicReference(manifest["rms_db"], mel["mel_mean"], mel["mel_cov"],
                                [mel["mel_seconds"][a:b] for a, b in zip(starts[:-1], starts[1:])],
-                               pitch_clarity)
+                               pitch_clarity, onset_rate)
     return FrameCache(frames, file_starts, mean, std, manifest["files"], fingerprint,
                       manifest["rms_db"], kind, reference, audio, codes, components)
 
@@ -809,7 +810,7 @@ def write_raw_frames(wav_paths, folder, kind):
     from concurrent.futures import ThreadPoolExecutor
 
     stats, file_starts, used, skipped = RunningStats(NUM_FEATURES), [0], [], []
-    sum_squares, num_samples, pitch_counts = 0.0, 0, np.zeros(2)
+    sum_squares, num_samples, pitch_counts, onsets = 0.0, 0, np.zeros(2), [0]
     filters, mel_total, mel_seconds = mel_filterbank(), LogMelStats(), []
     # One writer thread: a file's frames and audio go to disk, and its log-mel figures are
     # gathered, while the next file is read and transformed.
@@ -834,9 +835,10 @@ def write_raw_frames(wav_paths, folder, kind):
             def write_and_measure(frames=frames, audio=audio):
                 raw.write(frames)
                 pcm.write(padded_pcm16(audio))
-                mel_seconds.append(log_mel_stats(lambda start, stop: audio[start:stop],
-                                                 len(audio), filters, into=mel_total)
-                                   .second_means())
+                file_mel = log_mel_stats(lambda start, stop: audio[start:stop], len(audio),
+                                         filters, into=mel_total)
+                mel_seconds.append(file_mel.second_means())
+                onsets[0] += file_mel.onsets()
                 pitch_counts[:] += pitch_clarity_counts(lambda start, stop: audio[start:stop],
                                                         len(audio))
 
@@ -854,7 +856,8 @@ def write_raw_frames(wav_paths, folder, kind):
         os.fsync(pcm.fileno())
     rms_db = 10 * math.log10(max(sum_squares / max(num_samples, 1), 1e-20))
     reference = MusicReference(rms_db, *mel_total.mean_and_cov(), mel_seconds,
-                               pitch_counts[0] / max(pitch_counts[1], 1)) if used else None
+                               pitch_counts[0] / max(pitch_counts[1], 1),
+                               onsets[0] / max(num_samples / SAMPLE_RATE, 1e-9)) if used else None
     return stats, np.array(file_starts, dtype=np.int64), used, skipped, reference
 
 
@@ -941,7 +944,7 @@ def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind=DEFAULT_FRA
         manifest = {"fingerprint": fingerprint, "folder": folder_name, "settings":
                     preprocessing_settings(kind), "num_frames": int(file_starts[-1]),
                     "files": [name for name, _ in used], "rms_db": reference.rms_db,
-                    "pitch_clarity": reference.pitch_clarity}
+                    "pitch_clarity": reference.pitch_clarity, "onset_rate": reference.onset_rate}
         write_json_atomically(cache_dir / CACHE_MANIFEST, manifest)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -1749,17 +1752,24 @@ def log_mel_stream(read_samples, num_samples, filters, chunk_frames=1024):
                                                      num_samples)), filters)
 
 
+ONSET_RISE_DB = 2.0  # how far the spectral flux must rise above its running median for a note
+
+
 class LogMelStats:
-    """Mean and covariance of log-mel frames, and each second's average spectrum, gathered
-    chunk by chunk."""
+    """Mean and covariance of log-mel frames, each second's average spectrum, and the spectral
+    flux (how much louder the bands got since the last frame), gathered chunk by chunk."""
 
     def __init__(self):
         self.count, self.total = 0, np.zeros(MEL_BANDS)
         self.products = np.zeros((MEL_BANDS, MEL_BANDS))
         self.pending, self.seconds = np.empty((0, MEL_BANDS)), []
+        self.last, self.flux = None, []
 
     def add(self, log_mel):
         frames = log_mel.astype(np.float64)
+        joined = frames if self.last is None else np.concatenate([self.last, frames])
+        self.flux.append(np.maximum(np.diff(joined, axis=0), 0).mean(axis=1).astype(np.float32))
+        self.last = frames[-1:]
         self.count += len(frames)
         self.total += frames.sum(axis=0)
         self.products += frames.T @ frames
@@ -1777,6 +1787,18 @@ class LogMelStats:
 
     def second_means(self):
         return np.concatenate(self.seconds) if self.seconds else np.empty((0, MEL_BANDS))
+
+    def onsets(self):
+        """How many notes start: peaks of the spectral flux that rise ONSET_RISE_DB above its
+        median over the second around them, at least 70 ms apart."""
+        from scipy.ndimage import median_filter
+        from scipy.signal import find_peaks
+
+        flux = np.concatenate(self.flux) if self.flux else np.zeros(0, np.float32)
+        if len(flux) < 3:
+            return 0
+        threshold = median_filter(flux, MEL_FRAMES_PER_SECOND, mode="nearest") + ONSET_RISE_DB
+        return len(find_peaks(flux, height=threshold, distance=3)[0])
 
 
 def log_mel_stats(read_samples, num_samples, filters, into=None):
@@ -1910,6 +1932,7 @@ class MusicReference:
     mel_cov: np.ndarray  # (MEL_BANDS, MEL_BANDS)
     second_means: list  # per file: (seconds, MEL_BANDS) one-second-averaged log-mel
     pitch_clarity: float = math.nan  # share of the music's audible time that is clearly pitched
+    onset_rate: float = math.nan  # notes starting per second in the music
 
     def movement(self, seconds):
         """The training music's movement in pieces of `seconds` (whole files when shorter)."""
@@ -1929,6 +1952,7 @@ def measure_piece(samples, reference, scale=1.0):
     stats = log_mel_stats(read_samples, len(samples), mel_filterbank())
     mel_mean, mel_cov = stats.mean_and_cov()
     clear, audible = pitch_clarity_counts(read_samples, len(samples))
+    seconds = len(samples) / SAMPLE_RATE
     reference_movement = reference.movement(len(samples) // SAMPLE_RATE)
     movement = movement_of(stats.second_means())
     return {"seconds": len(samples) / SAMPLE_RATE,
@@ -1940,8 +1964,10 @@ def measure_piece(samples, reference, scale=1.0):
             "spectral_distance": frechet_distance(mel_mean, mel_cov, reference.mel_mean,
                                                   reference.mel_cov),
             "movement": movement / reference_movement if reference_movement > 0 else math.nan,
-            "pitch_clarity": clear / audible if audible else math.nan,
-            "music_pitch_clarity": reference.pitch_clarity}
+            "pitch_clarity": float(clear / audible) if audible else math.nan,
+            "music_pitch_clarity": reference.pitch_clarity,
+            "onsets_per_s": stats.onsets() / seconds if seconds else math.nan,
+            "music_onsets_per_s": reference.onset_rate}
 
 
 class WavSamples:
@@ -1972,10 +1998,11 @@ def report_quality(paths, reference, skip_seconds, copies):
     network wrote is measured: a --seed-wav prefix is skipped. copies: each piece's
     copy_figures."""
     say(f"Quality against the training music ({reference.rms_db:.1f} dB RMS, "
-        f"{100 * reference.pitch_clarity:.0f}% clearly pitched): level of the first and last "
-        f"second, clicks (1.0 = none), spectral distance (lower is closer), movement (about 1 "
-        f"for music, near 0 for noise or a held chord), pitch clarity (share of the time with "
-        f"clear pitch), and the longest stretch of the training music played back verbatim.")
+        f"{100 * reference.pitch_clarity:.0f}% clearly pitched, {reference.onset_rate:.1f} "
+        f"notes/s): level of the first and last second, clicks (1.0 = none), spectral distance "
+        f"(lower is closer), movement (about 1 for music, near 0 for noise or a held chord), "
+        f"pitch clarity (share of the time with clear pitch), notes starting per second, and "
+        f"the longest stretch of the training music played back verbatim.")
     for path, skip, copied in zip(paths, skip_seconds, copies):
         samples = WavSamples(path, int(skip * SAMPLE_RATE))  # read a chunk at a time
         figures = {**measure_piece(samples, reference, scale=1 / 32768), **copied}
@@ -1984,7 +2011,8 @@ def report_quality(paths, reference, skip_seconds, copies):
         say(f"  {path}: {figures['seconds']:.2f} s | level {figures['first_second_db']:.1f} -> "
             f"{figures['last_second_db']:.1f} dB | clicks {figures['clicks']:.2f} | "
             f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f} | "
-            f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | verbatim: longest "
+            f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | "
+            f"{figures['onsets_per_s']:.1f} notes/s | verbatim: longest "
             f"{figures['longest_verbatim_s']:.2f} s, {100 * figures['verbatim_2s_share']:.0f}% "
             f"in stretches of 2 s or more")
 

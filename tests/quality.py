@@ -124,7 +124,7 @@ def run_tool(train_folder, run_folder, frames, args, temperature=None, variant=N
     if not generate_only:
         shutil.rmtree(run_folder, ignore_errors=True)
         run_folder.mkdir(parents=True)
-    for stale in run_folder.glob(f"{name}-*"):
+    for stale in run_folder.glob(f"{name}-[0-9]*"):
         stale.unlink()
     command = [sys.executable, str(args.script), "-d", str(train_folder),
                "-t", str(run_folder / "train_data"), "-o", str(run_folder / name),
@@ -151,7 +151,17 @@ def run_tool(train_folder, run_folder, frames, args, temperature=None, variant=N
 
 
 def reports_of(run_folder, name):
-    return [json.loads(path.read_text()) for path in sorted(run_folder.glob(f"{name}-*.json"))]
+    return [json.loads(path.read_text()) for path in sorted(run_folder.glob(f"{name}-[0-9]*.json"))]
+
+
+def remeasured(tool, reports, run_folder, reference):
+    """The reports with every sound figure measured again from the WAVs by this checkout's
+    tool (figures added since they were written come in); the copy figures are kept."""
+    fresh = []
+    for report in reports:
+        _, samples = wavfile.read(run_folder / report["file"])
+        fresh.append({**report, **tool.measure_piece(samples, reference, scale=1 / 32768)})
+    return fresh
 
 
 def held_out_figures(tool, train_folder, run_folder, held_out, frames):
@@ -207,6 +217,9 @@ def summary(reports, held_out_pair, seconds):
             "music_pitch_clarity": round(music_pitch, 3),
             "held_out_pitch_clarity": round(held_out["pitch_clarity"], 3),
             "held_out_rebuilt_pitch_clarity": round(rebuilt["pitch_clarity"], 3),
+            "onsets_per_s": round(share("onsets_per_s"), 2),
+            "music_onsets_per_s": round(reports[0].get("music_onsets_per_s", float("nan")), 2),
+            "held_out_onsets_per_s": round(held_out["onsets_per_s"], 2),
             "longest_verbatim_s": share("longest_verbatim_s"),
             "verbatim_2s_share": round(share("verbatim_2s_share"), 3),
             "held_out_longest_verbatim_s": held_out["longest_verbatim_s"],
@@ -230,10 +243,11 @@ def print_table(results):
     print("held-out: the distance of a held-out piece of the same music; rebuilt: that piece "
           "turned into frames and back, as generation does.")
     print("pitch: share of the time clearly pitched, piece / music / held-out / rebuilt; "
-          "verbatim: longest stretch (s) and share of time in stretches of 2 s or more.")
+          "notes/s: onsets per second, piece / music / held-out; verbatim: longest stretch (s) "
+          "and share of time in stretches of 2 s or more.")
     header = (f"{'set':<11}{'frames':<10}{'sampling':<10}{'music dB':>9}{'first':>7}{'last':>7}"
               f"{'clicks':>7}{'move':>6}{'distance':>9}{'held-out':>9}{'rebuilt':>8}"
-              f"{'pitch':>22}{'verbatim':>11}"
+              f"{'pitch':>22}{'notes/s':>15}{'verbatim':>11}"
               f"  meet (level/fade/clicks/movement/distance/pitch/copy)")
     print(header)
     for (name, frames, label), figures in results.items():
@@ -243,11 +257,13 @@ def print_table(results):
             "pitch_clarity", "music_pitch_clarity", "held_out_pitch_clarity",
             "held_out_rebuilt_pitch_clarity"))
         verbatim = f"{figures['longest_verbatim_s']:.1f}/{100 * figures['verbatim_2s_share']:.0f}%"
+        notes = "/".join(f"{figures[key]:.1f}" for key in (
+            "onsets_per_s", "music_onsets_per_s", "held_out_onsets_per_s"))
         print(f"{name:<11}{frames:<10}{label:<10}{figures['music_db']:>9}"
               f"{figures['first_second_db']:>7}{figures['last_second_db']:>7}"
               f"{figures['clicks']:>7}{figures['movement']:>6}"
               f"{figures['spectral_distance']:>9}{figures['held_out_distance']:>9}"
-              f"{figures['held_out_rebuilt_distance']:>8}{pitch:>22}{verbatim:>11}  "
+              f"{figures['held_out_rebuilt_distance']:>8}{pitch:>22}{notes:>15}{verbatim:>11}  "
               f"{meet} of {figures['pieces']}")
 
 
@@ -274,6 +290,9 @@ def main():
     parser.add_argument("--reuse", action="store_true",
                         help="keep the trained models and pieces in --work; only generate the "
                              "--temperatures rows not there yet")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure the pieces' sound again from their WAVs (with --reuse or "
+                             "--report-only: figures added since they were written come in)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: measure again and summarise the pieces in --work")
     args = parser.parse_args()
@@ -314,6 +333,11 @@ def main():
                 else:
                     runs.append((label, *run_tool(train_folder, run_folder, frames, args,
                                                   variant=(label, flags))))
+            if args.remeasure:
+                reference = tool.prepare_cache(train_folder, run_folder / "train_data",
+                                               frames).reference
+                runs = [(label, remeasured(tool, reports, run_folder, reference), seconds)
+                        for label, reports, seconds in runs]
             for label, reports, seconds in runs:
                 if not reports:  # --report-only: that row was never generated
                     continue

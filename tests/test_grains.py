@@ -59,6 +59,29 @@ def test_pitch_clarity_ignores_silence_and_streams(mc):
     assert 0.3 < whole[0] / whole[1] < 0.7
 
 
+def test_onsets_count_the_notes_that_start(mc):
+    def rate(audio):
+        stats = mc.log_mel_stats(lambda a, b: audio[a:b], len(audio), mc.mel_filterbank())
+        return stats.onsets() / (len(audio) / RATE)
+
+    # A new note every quarter second: 4 a second, less the repeated notes (a fifth of them).
+    notes = np.random.default_rng(2).choice([440.0, 523.3, 587.3, 659.3, 784.0], size=40)
+    changes = np.count_nonzero(np.diff(notes)) / 10
+    staccato = np.concatenate([tone(0.25, frequency, amplitude=0.3) for frequency in notes])
+    assert abs(rate(staccato) - changes) <= 0.4
+    assert rate(chord(6.0)) == 0
+    noise = 0.1 * np.random.default_rng(0).standard_normal(6 * RATE).astype(np.float32)
+    assert rate(noise) < 0.5
+    # Streamed in chunks, the flux runs on across the chunks' joins.
+    audio = mc.demo_piece(20.0)
+    stats = mc.LogMelStats()
+    for chunk in mc.log_mel_stream(lambda a, b: audio[a:b], len(audio), mc.mel_filterbank(),
+                                   chunk_frames=50):
+        stats.add(chunk)
+    assert stats.onsets() == mc.log_mel_stats(lambda a, b: audio[a:b], len(audio),
+                                              mc.mel_filterbank()).onsets()
+
+
 # -----------------------------------------------------------------------------
 # Copy figures
 
@@ -275,6 +298,7 @@ def test_grains_and_spectra_through_the_command_line(tmp_path):
             assert 0 <= report["pitch_clarity"] <= 1 and report["music_pitch_clarity"] > 0.5
             assert 0.25 <= report["longest_verbatim_s"] <= 3.0
             assert 0 <= report["verbatim_2s_share"] <= 1
+            assert report["onsets_per_s"] >= 0 and report["music_onsets_per_s"] > 1
             rate, samples = wavfile.read(tmp_path / f"{name}-{index}.wav")
             assert rate == RATE and len(samples) == 3 * RATE and np.abs(samples).max() > 1000
     assert "verbatim: longest" in spectra.stdout

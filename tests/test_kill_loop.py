@@ -77,20 +77,29 @@ def test_sigkill_at_random_moments_loses_nothing(mc, tmp_path):
     rng = np.random.default_rng(2026)
     landed, attempt = {}, 0
     # Preprocessing lasts some 50 ms here, too short to hit by timing alone: every fourth kill
-    # waits for its temporary folder to appear, then strikes 0 to 30 ms later. The others come
-    # at a random moment of the run; runs vary in length on a busy machine, so the loop goes
-    # on until MID_RUN_KILLS kills have landed inside a run (at most MAX_ATTEMPTS tries).
-    while mid_run(landed) < MID_RUN_KILLS and attempt < MAX_ATTEMPTS:
-        during_preprocessing = attempt % 4 == 0
-        delay = rng.uniform(0, 0.03) if during_preprocessing else rng.uniform(0.3, 0.8 * whole_run)
+    # waits for its temporary folder to appear, then strikes 0 to 30 ms later. Generation is
+    # short too: every fourth kill, two after those, waits for the run to say it is generating,
+    # then strikes 0 to 0.3 s later. The others come at a random moment of the run; runs vary
+    # in length on a busy machine, so the loop goes on until MID_RUN_KILLS kills have landed
+    # inside a run, in every phase (at most MAX_ATTEMPTS tries).
+    phases = {"preprocessing", "training", "generation"}
+    while (mid_run(landed) < MID_RUN_KILLS or not phases <= set(landed)) \
+            and attempt < MAX_ATTEMPTS:
+        during_preprocessing, during_generation = attempt % 4 == 0, attempt % 4 == 2
+        delay = rng.uniform(0, 0.03) if during_preprocessing else rng.uniform(0, 0.3) \
+            if during_generation else rng.uniform(0.3, 0.8 * whole_run)
         os.utime(music / f"{attempt % 12:02d}.wav")  # new mtime: the cache must be rebuilt
         log_path = tmp_path / f"kill-{attempt}.log"
         with open(log_path, "w") as log:
             process = start(music, cache, cwd, log)
+            deadline = time.monotonic() + 60
             if during_preprocessing:
-                deadline = time.monotonic() + 60
                 while not list(cache.glob("*.partial-*")) and time.monotonic() < deadline:
                     time.sleep(0.0005)
+            if during_generation:
+                while "Generating" not in log_path.read_text() and time.monotonic() < deadline \
+                        and process.poll() is None:
+                    time.sleep(0.002)
             time.sleep(delay)
             process.send_signal(signal.SIGKILL)
             process.wait()
@@ -105,7 +114,7 @@ def test_sigkill_at_random_moments_loses_nothing(mc, tmp_path):
 
     print(f"\n{attempt} kills over a {whole_run:.1f} s run; where they landed: {landed}")
     assert mid_run(landed) >= MID_RUN_KILLS
-    assert {"preprocessing", "training", "generation"} <= set(landed)
+    assert phases <= set(landed)
     leftovers = [p.name for p in [*cache.iterdir(), *cwd.iterdir()]
                  if ".partial-" in p.name or ".tmp-" in p.name]
     assert leftovers == []  # the next runs cleared what the killed ones left behind
