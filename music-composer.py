@@ -190,14 +190,65 @@ def mono_float32(data):
     return mono.astype(np.float32, copy=False)
 
 
+LOWEST_RATE, HIGHEST_RATE = 1_000, 768_000  # Hz. Below 1 kHz nothing audible is left (the
+# lowest rates in use are 8 kHz telephony); 768 kHz is the fastest rate that audio converters and
+# formats offer. Outside, a header is damaged or lies, and resampling it could need gigabytes.
+DECODING_HEADROOM = 4  # a file may need this many times what a real file of its length needs
+DECODING_SLACK = 64 * 2**20  # bytes always allowed: short files, however odd, read as before
+
+
+MAX_FILTER_TAPS = 2**20  # longer polyphase filters (awkward rates): resample by FFT instead
+
+
+def filter_taps(rate):
+    """Taps of resample_poly's default filter from `rate` to SAMPLE_RATE: 20 per step of the
+    larger factor of the reduced ratio (44 100 / 44 099 needs 882 001)."""
+    if rate == SAMPLE_RATE:
+        return 0
+    return 20 * max(SAMPLE_RATE, rate) // math.gcd(rate, SAMPLE_RATE) + 1
+
+
+def decoding_bytes(num_samples, channels, rate, itemsize):
+    """What decoding a file costs in memory at its peak: its samples as read and as float, the
+    resampled mono signal and its intermediates, and the resampler's filter (or, for awkward
+    rates, the FFT resampler's complex spectra)."""
+    output = num_samples * SAMPLE_RATE // rate
+    taps = filter_taps(rate)
+    resampler = 3 * 8 * taps if taps <= MAX_FILTER_TAPS else 3 * 8 * (num_samples + output)
+    return num_samples * channels * (itemsize + 8) + 3 * 4 * output + resampler
+
+
+def check_decoding_cost(num_samples, channels, rate, itemsize, machine_memory):
+    """Refuse, before any decoding, a file whose header makes it cost more than a real file of
+    its length ever would (a stereo 16-bit one at 44.1 kHz), or more than half the machine."""
+    seconds = num_samples / rate if rate > 0 else math.inf
+    claim = f"it says {rate:,} Hz, {channels} channel(s), {seconds:,.1f} s"
+    if not LOWEST_RATE <= rate <= HIGHEST_RATE:
+        raise UnusableAudio(f"{claim}: a sample rate outside what audio uses ({LOWEST_RATE:,} "
+                            f"to {HIGHEST_RATE:,} Hz), so its header is probably damaged")
+    needed = decoding_bytes(num_samples, channels, rate, itemsize)
+    real = decoding_bytes(int(seconds * SAMPLE_RATE), 2, SAMPLE_RATE, 2)
+    bound = DECODING_HEADROOM * real + DECODING_SLACK
+    if machine_memory:
+        bound = min(bound, machine_memory // 2)
+    if needed > bound:
+        raise UnusableAudio(f"{claim}: decoding it would need {format_bytes(needed)} of memory, "
+                            f"more than the {format_bytes(bound)} allowed for a file of that "
+                            f"length on this machine")
+
+
 def resample(audio, rate):
-    """Polyphase resampling of a mono float32 signal from `rate` to SAMPLE_RATE."""
+    """Polyphase resampling of a mono float32 signal from `rate` to SAMPLE_RATE; by FFT for
+    rates whose polyphase filter would be longer than MAX_FILTER_TAPS, so that memory stays
+    near the signal's size whatever the rate."""
     if rate == SAMPLE_RATE:
         return audio
-    from scipy.signal import resample_poly
+    from scipy import signal
 
+    if filter_taps(rate) > MAX_FILTER_TAPS:
+        return signal.resample(audio, len(audio) * SAMPLE_RATE // rate).astype(np.float32)
     divisor = math.gcd(rate, SAMPLE_RATE)
-    return resample_poly(audio, SAMPLE_RATE // divisor, rate // divisor).astype(np.float32)
+    return signal.resample_poly(audio, SAMPLE_RATE // divisor, rate // divisor).astype(np.float32)
 
 
 def read_wav(path):
@@ -225,10 +276,12 @@ def read_wav(path):
     except Exception:  # SciPy's parser trips over broken files in many other ways
         raise UnusableAudio("not a readable WAV file (its structure is damaged or "
                             "incomplete)") from None
-    if rate <= 0:
-        raise UnusableAudio(f"invalid sample rate {rate}")
     if data.size == 0:
         raise UnusableAudio("it holds no samples")
+    # What SciPy read is bounded by the file's size; what converting and resampling it makes is
+    # bounded by the header's claims, so they are checked first.
+    check_decoding_cost(len(data), 1 if data.ndim == 1 else data.shape[1], rate,
+                        data.dtype.itemsize, machine_memory_bytes())
     audio, notes = repair_samples(resample(mono_float32(data), rate))
     return audio, [f"SciPy: {warning.message}" for warning in caught] + notes
 

@@ -21,7 +21,8 @@ TINY = ["-n", "8", "-l", "1", "-b", "8"]
 def riff(fmt_tag, channels, rate, bits, data, chunks=b"", fmt_extra=b"", data_size=None):
     """A WAV file built byte by byte, for the shapes SciPy cannot write."""
     block_align = channels * bits // 8
-    fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * block_align, block_align, bits)
+    fmt = struct.pack("<HHIIHH", fmt_tag, channels, rate, rate * block_align % 2**32, block_align,
+                      bits)
     fmt += fmt_extra
     size = len(data) if data_size is None else data_size
     body = (b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + chunks
@@ -94,6 +95,26 @@ CORPUS = [
     ("adpcm.wav", lambda p: p.write_bytes(riff(2, 1, RATE, 4, bytes(4000))), "skipped", "ADPCM"),
     ("mu-law.wav", lambda p: p.write_bytes(riff(7, 1, RATE, 8, bytes(4000))), "skipped",
      "Unknown wave file format"),
+    # Headers that lie or go to extremes: each a few KB, each bounded in memory (see
+    # test_headers_that_lie_stay_within_a_memory_limit).
+    ("rate-8-hz.wav", lambda p: p.write_bytes(riff(1, 1, 8, 16, pcm16(np.tile(SONG, 5)))),
+     "skipped", "8 Hz, 1 channel(s), 27,562.5 s: a sample rate outside what audio uses"),
+    ("rate-2-ghz.wav", lambda p: p.write_bytes(riff(1, 1, 2_000_000_000, 16, pcm16(SONG[:2000]))),
+     "skipped", "2,000,000,000 Hz"),
+    ("rate-0-hz.wav", lambda p: p.write_bytes(riff(1, 1, 0, 16, pcm16(SONG[:2000]))), "skipped",
+     "0 Hz"),
+    ("rate-1-khz.wav", lambda p: write_int16(p, tone(2.0, 220.0, rate=1000), rate=1000), "used", ""),
+    ("rate-767999-hz.wav", lambda p: write_int16(p, tone(0.05, 440.0, rate=767_999),
+                                                 rate=767_999), "used", ""),
+    ("claims-2-gb.wav", lambda p: p.write_bytes(riff(1, 1, RATE, 16, pcm16(SONG[:2000]),
+                                                     data_size=2_000_000_000)),
+     "used", ""),  # what the file holds is read
+    ("1000-channels.wav", lambda p: p.write_bytes(riff(1, 1000, RATE, 16,
+                                                       pcm16(np.repeat(SONG[:20], 1000)))),
+     "used", ""),
+    ("30000-channels.wav", lambda p: p.write_bytes(riff(1, 30_000, RATE, 16,
+                                                        pcm16(np.repeat(SONG[:2], 30_000)))),
+     "used", ""),
 ]
 
 
@@ -128,6 +149,44 @@ def test_every_odd_input_has_its_expected_outcome(mc, corpus, tmp_path, capsys):
                 assert any(words in line for line in lines), (name, lines)
     assert "Traceback" not in err
     assert np.isfinite(cache.frames).all()
+
+
+MEMORY_LIMIT = 3 * 2**30  # bytes of address space: NumPy, SciPy and their thread pools fit
+
+
+LIMITED_PREPROCESSING = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+tool = runpy.run_path({script!r})
+cache = tool["prepare_cache"]({music!r}, {cache!r})
+print("USED", ",".join(cache.file_names))
+"""
+
+
+def test_headers_that_lie_stay_within_a_memory_limit(corpus, tmp_path):
+    """The whole corpus, lying headers included, preprocessed under a hard memory limit: a
+    regression fails with an error here instead of eating the machine. (Without the checks,
+    the 8 Hz file alone asks for 20 GiB.)"""
+    code = LIMITED_PREPROCESSING.format(limit=MEMORY_LIMIT, script=str(SCRIPT), music=str(corpus),
+                                        cache=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    used = result.stdout.split("USED ")[1].strip().split(",")
+    for name in ("rate-1-khz.wav", "rate-767999-hz.wav", "1000-channels.wav", "long-enough.wav"):
+        assert name in used
+    for name in ("rate-8-hz.wav", "rate-2-ghz.wav"):
+        assert name not in used and f"skipping {corpus / name}: it says" in result.stderr
+
+
+def test_a_seed_wav_whose_header_lies_is_refused_before_training(music, tmp_path):
+    seed = tmp_path / "seed.wav"
+    seed.write_bytes(riff(1, 1, 8, 16, pcm16(SONG)))
+    result = run_cli("-d", music, "-t", tmp_path / "cache", "--seed-wav", seed, *TINY,
+                     cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"Cannot use --seed-wav {seed}: it says 8 Hz" in result.stderr
+    assert not (tmp_path / "cache" / "model.keras").exists()
 
 
 def test_the_corpus_through_the_command_line(corpus, tmp_path):
