@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """
-music-composer: learn the style of a folder of WAV files and compose new music in that style.
+music-composer: learn the style of a folder of music and compose new music in that style.
 
 Each 0.25 s block of audio becomes one FFT frame (by default the log-magnitude spectrum of a
 0.5 s window around it; --frames plain keeps the original real+imaginary FFT); a recurrent
@@ -12,7 +12,8 @@ See it work on a built-in piece of music (a few minutes on a CPU, nothing to dow
     python3 music-composer.py --demo
 First run on your own music (creates input_music_dataset/ and tells you what to do):
     python3 music-composer.py
-Train on your music (copy *.wav files into input_music_dataset/ first), then write 10 pieces:
+Train on your music (copy .wav, .flac, .ogg, .opus, .mp3 or .aiff files into
+input_music_dataset/ first), then write 10 pieces:
     python3 music-composer.py
 Continue training the same model for 5 more epochs, then write 3 pieces of 30 s:
     python3 music-composer.py -e 5 -g 3 -s 30
@@ -154,20 +155,38 @@ def warn(message):
 
 
 # -----------------------------------------------------------------------------
-# Reading WAV files
+# Reading the music: WAV through SciPy; FLAC, Ogg Vorbis, Opus, MP3 and AIFF through soundfile
 
 
 class UnusableAudio(Exception):
     """A file that cannot be used; the reason is shown to the user and the file skipped."""
 
 
-def find_wav_files(dataset_dir):
-    """Every *.wav in the folder, any case, sorted by name (not recursive)."""
+# The formats read, by extension (any case). soundfile's wheels bundle libsndfile with its MP3,
+# FLAC, Vorbis and Opus codecs, so nothing else needs installing.
+SOUNDFILE_FORMATS = {".flac": "FLAC", ".ogg": "OGG", ".oga": "OGG", ".opus": "OGG",
+                     ".mp3": "MP3", ".aif": "AIFF", ".aiff": "AIFF", ".aifc": "AIFF"}
+MUSIC_EXTENSIONS = (".wav", *SOUNDFILE_FORMATS)
+FORMATS_READ = ".wav, .flac, .ogg, .opus, .mp3, .aiff"
+
+
+def find_music_files(dataset_dir):
+    """Every music file the tool reads in the folder (MUSIC_EXTENSIONS, any case), sorted by
+    name (not recursive)."""
+    return list_music_folder(dataset_dir)[0]
+
+
+def list_music_folder(dataset_dir):
+    """(music files, other files): the second are the folder's other visible files, which the
+    user should hear are not read (a cover image, notes, an .m4a)."""
     try:
-        entries = [p for p in Path(dataset_dir).iterdir() if p.name.lower().endswith(".wav")]
+        entries = sorted(Path(dataset_dir).iterdir(), key=lambda p: p.name)
     except OSError as error:
         raise UserError(f"Cannot list the music folder {dataset_dir}: {error.strerror}.") from None
-    return sorted(entries, key=lambda p: p.name)
+    music = [p for p in entries if p.suffix.lower() in MUSIC_EXTENSIONS]
+    others = [p for p in entries if p.suffix.lower() not in MUSIC_EXTENSIONS
+              and not p.name.startswith(".") and p.is_file()]
+    return music, others
 
 
 FULL_SCALE = {np.dtype(np.uint8): 128.0, np.dtype(np.int16): 32768.0,
@@ -284,6 +303,55 @@ def read_wav(path):
                         data.dtype.itemsize, machine_memory_bytes())
     audio, notes = repair_samples(resample(mono_float32(data), rate))
     return audio, [f"SciPy: {warning.message}" for warning in caught] + notes
+
+
+def read_audio(path):
+    """Any music file the tool reads -> (mono float32 samples at 44.1 kHz, notes); see read_wav.
+    Raises UnusableAudio with a short reason for anything that cannot be used."""
+    format_name = SOUNDFILE_FORMATS.get(Path(path).suffix.lower())
+    return read_wav(path) if format_name is None else read_with_soundfile(path, format_name)
+
+
+def read_with_soundfile(path, format_name):
+    """A FLAC, Ogg (Vorbis or Opus), MP3 or AIFF file through libsndfile, its header checked
+    first as a WAV's is."""
+    try:
+        import soundfile
+    except ImportError:
+        raise UnusableAudio(f"reading {format_name} files needs soundfile: pip install "
+                            f"soundfile") from None
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UnusableAudio("broken link: what it points to does not exist")
+    if not os.path.isfile(path):
+        raise UnusableAudio("not a regular file" if os.path.exists(path) else "no such file")
+    if format_name not in soundfile.available_formats():
+        raise UnusableAudio(f"the installed libsndfile ({soundfile.__libsndfile_version__}) "
+                            f"cannot read {format_name}; pip install --upgrade soundfile")
+    if not os.access(path, os.R_OK):
+        raise UnusableAudio("no permission to read it")
+    try:
+        # The MP3 decoder prints its own notes on damaged frames; the warning below says it.
+        with native_stderr_silenced():
+            info = soundfile.info(str(path))
+            if info.frames <= 0:
+                raise UnusableAudio("it holds no samples")
+            check_decoding_cost(info.frames, info.channels, info.samplerate, 4,
+                                machine_memory_bytes())
+            data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except MemoryError:
+        raise UnusableAudio("too large to read into memory") from None
+    except (RuntimeError, ValueError, TypeError, OSError) as error:  # libsndfile's words
+        reason = str(error).split(": ", 1)[-1].strip() or type(error).__name__
+        if "does not exist" in reason:  # what libsndfile says of a stream it cannot parse
+            reason = "its contents are not recognised"
+        raise UnusableAudio(f"not a readable {format_name} file ({reason})") from None
+    if data.size == 0:
+        raise UnusableAudio("it holds no samples")
+    audio, notes = repair_samples(resample(mono_float32(data), rate))
+    if len(data) < 0.99 * info.frames:
+        notes.insert(0, f"it holds {len(data) / rate:.2f} s of audio, but its header says "
+                        f"{info.frames / rate:.2f} s: truncated or damaged; what is there is used")
+    return audio, notes
 
 
 def repair_samples(audio):
@@ -761,10 +829,10 @@ def preprocessing_settings(kind):
             "frame": kind}
 
 
-def dataset_fingerprint(wav_paths, kind=DEFAULT_FRAMES):
+def dataset_fingerprint(music_paths, kind=DEFAULT_FRAMES):
     """A hash of each file's name, size and modification time, and of the settings."""
     listing = []
-    for path in wav_paths:
+    for path in music_paths:
         try:
             info = os.stat(path)
             listing.append([path.name, info.st_size, info.st_mtime_ns])
@@ -852,7 +920,7 @@ def padded_pcm16(audio):
     return to_pcm16(padded)
 
 
-def write_raw_frames(wav_paths, folder, kind):
+def write_raw_frames(music_paths, folder, kind):
     """Pass 1: read each file and append its un-normalised frames behind a placeholder .npy
     header, and its audio to audio.npy, gathering the statistics on the way: the frames' mean
     and variance, and the music's level, log-mel figures and pitch clarity, which the quality
@@ -872,10 +940,10 @@ def write_raw_frames(wav_paths, folder, kind):
         raw.write(bytes(NPY_HEADER_BYTES))
         pcm.write(bytes(NPY_HEADER_BYTES))
         pending = writer.submit(lambda: None)
-        for path in wav_paths:
+        for path in music_paths:
             ctrl_c.check()
             try:
-                audio, notes = read_wav(path)
+                audio, notes = read_audio(path)
             except UnusableAudio as reason:
                 warn(f"skipping {path}: {reason}")
                 skipped.append(path.name)
@@ -965,7 +1033,7 @@ def normalise_npy_in_place(npy_path, num_frames, mean, std, chunk_frames=256):
     return components, np.concatenate(codes).astype(np.float32)
 
 
-def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind=DEFAULT_FRAMES):
+def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_FRAMES):
     """Preprocess every usable WAV into a new cache folder, then switch the manifest to it."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -974,10 +1042,11 @@ def build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind=DEFAULT_FRA
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
-        stats, file_starts, used, skipped, reference = write_raw_frames(wav_paths, partial, kind)
+        stats, file_starts, used, skipped, reference = write_raw_frames(music_paths, partial, kind)
         if not used:
-            raise UserError(no_music_message(dataset_dir, wav_paths, skipped))
-        if dataset_fingerprint(find_wav_files(dataset_dir), kind) != fingerprint:
+            raise UserError(no_music_message(dataset_dir, music_paths, skipped,
+                                             list_music_folder(dataset_dir)[1]))
+        if dataset_fingerprint(find_music_files(dataset_dir), kind) != fingerprint:
             raise UserError(f"The music in {dataset_dir} changed while it was being read; "
                             f"the cache was not saved. Run again once the folder is settled.")
         mean, std = stats.mean_and_std()
@@ -1022,20 +1091,26 @@ def remove_stale_cache_folders(cache_dir, keep):
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def no_music_message(dataset_dir, wav_paths, skipped):
-    found = f"found {len(wav_paths)} .wav file(s), none usable" if wav_paths else "found no .wav files"
+def no_music_message(dataset_dir, music_paths, skipped, others=()):
+    found = (f"found {len(music_paths)} music file(s), none usable" if music_paths
+             else f"found no music files ({FORMATS_READ})")
     return (f"No usable music in {dataset_dir}: {found}"
             + (f" (skipped: {', '.join(skipped)})" if skipped else "")
-            + f". Copy some .wav files into {dataset_dir} and run again, or try the built-in "
-              f"demo: python3 music-composer.py --demo")
+            + (f"; it holds {', '.join(path.name for path in others)}, which this tool does not "
+               f"read" if others else "")
+            + f". Copy some music files ({FORMATS_READ}) into {dataset_dir} and run again, or "
+              f"try the built-in demo: python3 music-composer.py --demo")
 
 
 def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
     """Reuse the cache when the music and settings are unchanged, otherwise rebuild it."""
-    wav_paths = find_wav_files(dataset_dir)
-    if not wav_paths:
-        raise UserError(no_music_message(dataset_dir, wav_paths, []))
-    fingerprint = dataset_fingerprint(wav_paths, kind)
+    music_paths, others = list_music_folder(dataset_dir)
+    if not music_paths:
+        raise UserError(no_music_message(dataset_dir, music_paths, [], others))
+    if others:
+        warn(f"not read, as they are not in a format this tool reads ({FORMATS_READ}): "
+             f"{', '.join(path.name for path in others)}")
+    fingerprint = dataset_fingerprint(music_paths, kind)
     cache = load_cache(cache_dir, fingerprint)
     if cache is not None:
         say(f"Reusing the frame cache in {cache_dir}: {len(cache.file_names)} file(s), "
@@ -1045,9 +1120,9 @@ def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
         say(f"The frame cache in {cache_dir} was made by an older version of this tool "
             f"(cache version {older_cache_version(cache_dir)}, now {CACHE_VERSION}: it now keeps "
             f"the music's recorded sound for --synthesis grains); rebuilding it.")
-    say(f"Building the frame cache in {cache_dir} from {len(wav_paths)} .wav file(s)...")
+    say(f"Building the frame cache in {cache_dir} from {len(music_paths)} music file(s)...")
     started = time.perf_counter()
-    used, skipped = build_cache(dataset_dir, cache_dir, wav_paths, fingerprint, kind)
+    used, skipped = build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind)
     cache = load_cache(cache_dir, fingerprint)
     minutes = sum(seconds for _, seconds in used) / 60
     say(f"Cached {len(cache.frames)} frames from {len(used)} file(s), {minutes:.1f} min of music"
@@ -1069,11 +1144,11 @@ def check_dataset_folder(dataset_dir):
     """First run: create the folder and say what to put in it."""
     dataset_dir = Path(dataset_dir)
     if dataset_dir.exists() and not dataset_dir.is_dir():
-        raise UserError(f"{dataset_dir} is a file, not a folder. Give a folder of .wav files "
+        raise UserError(f"{dataset_dir} is a file, not a folder. Give a folder of music files "
                         f"with -d/--datasets-folder-path.")
     if not dataset_dir.exists():
         dataset_dir.mkdir(parents=True)
-        raise UserError(f"Created the folder {dataset_dir}. Copy your music (.wav files) into "
+        raise UserError(f"Created the folder {dataset_dir}. Copy your music ({FORMATS_READ}) into "
                         f"it and run again. To see the tool at work first, on a built-in "
                         f"piece of music, run: python3 music-composer.py --demo")
 
@@ -1119,7 +1194,7 @@ def minimum_music_message(file_starts):
     return (f"Too little music to train: found {seconds:.2f} s, but training and validation "
             f"together need at least {need:.1f} s in one file ({2 * (WINDOW_FRAMES + 1)} blocks "
             f"of {BLOCK_SIZE / SAMPLE_RATE} s), or two files of at least {need / 2:.2f} s. "
-            f"Add longer .wav files.")
+            f"Add longer music files.")
 
 
 # -----------------------------------------------------------------------------
@@ -1625,7 +1700,7 @@ def read_seed_wavs(paths, kind):
     frames, prefixes, endings = [], [], []
     for path in paths:
         try:
-            audio, _ = read_wav(Path(path))
+            audio, _ = read_audio(Path(path))
         except UnusableAudio as reason:
             raise UserError(f"Cannot use --seed-wav {path}: {reason}.") from None
         if len(audio) < seed_samples:
@@ -2373,11 +2448,11 @@ def output_name(text):
 def make_parser():
     parser = argparse.ArgumentParser(
         prog="music-composer.py",
-        description="Learn the style of a folder of WAV files with a recurrent network and "
+        description="Learn the style of a folder of music with a recurrent network and "
                     "compose new music in that style.")
     folders = parser.add_argument_group("folders and files")
     folders.add_argument("-d", "--datasets-folder-path",
-                         help="folder of your .wav files, only ever read "
+                         help=f"folder of your music ({FORMATS_READ}), only ever read "
                               "(default: input_music_dataset/)")
     folders.add_argument("-t", "--traindata-folder-path",
                          help="folder for the frame cache, the checkpoints and the loss curve "
@@ -2405,7 +2480,8 @@ def make_parser():
     generation.add_argument("-g", "--generated-music-num", type=positive_int,
                             help="how many pieces to generate (default: 10; --demo: 3)")
     generation.add_argument("--seed-wav", nargs="+", metavar="FILE",
-                            help="continue these WAV files instead of clips of the training "
+                            help="continue these music files (any format -d reads) instead of "
+                                 "clips of the training "
                                  "music: one piece each, starting with the file's last 2 s")
     generation.add_argument("--temperature", type=temperature,
                             help="how much of the network's own errors to add back to each "

@@ -87,7 +87,7 @@ def prep_x_realtime(tool, music, work, minutes, repeats):
 
     def build():
         shutil.rmtree(cache, ignore_errors=True)
-        paths = tool.find_wav_files(music)
+        paths = tool.find_music_files(music)
         tool.build_cache(music, cache, paths, tool.dataset_fingerprint(paths))
 
     warm_page_cache(music)

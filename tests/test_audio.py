@@ -140,10 +140,10 @@ def test_permission_denied_is_reported_as_such(mc, tmp_path, monkeypatch):
         mc.read_wav(path)
 
 
-def test_find_wav_files_any_case_sorted(mc, tmp_path):
+def test_find_music_files_any_case_sorted(mc, tmp_path):
     for name in ["b.WAV", "a.wav", "c.Wav", "notes.txt", "d.wav.bak"]:
         (tmp_path / name).write_bytes(b"")
-    assert [p.name for p in mc.find_wav_files(tmp_path)] == ["a.wav", "b.WAV", "c.Wav"]
+    assert [p.name for p in mc.find_music_files(tmp_path)] == ["a.wav", "b.WAV", "c.Wav"]
 
 
 def test_blocks_are_zero_padded_at_the_tail(mc):

@@ -76,7 +76,7 @@ def test_cache_is_rebuilt_when_the_music_changes(mc, music, tmp_path, capsys, ch
     second = mc.prepare_cache(music, tmp_path / "cache")
     assert "Building the frame cache" in capsys.readouterr().out
     assert second.fingerprint != first.fingerprint
-    expected, _ = expected_frames(mc, mc.find_wav_files(music), mc.DEFAULT_FRAMES)
+    expected, _ = expected_frames(mc, mc.find_music_files(music), mc.DEFAULT_FRAMES)
     np.testing.assert_allclose(second.frames, expected, atol=2e-3)
     assert len(list((tmp_path / "cache").glob("frames-*"))) == 1  # the old cache is gone
 
@@ -152,9 +152,9 @@ def test_sigkill_during_preprocessing_then_a_clean_rebuild(mc, tmp_path):
     process.wait()
     assert list(cache_dir.glob("*.partial-*")), "the kill should land during preprocessing"
     assert not (cache_dir / "cache.json").exists()
-    assert mc.load_cache(cache_dir, mc.dataset_fingerprint(mc.find_wav_files(music))) is None
+    assert mc.load_cache(cache_dir, mc.dataset_fingerprint(mc.find_music_files(music))) is None
     cache = mc.prepare_cache(music, cache_dir)
-    expected, _ = expected_frames(mc, mc.find_wav_files(music), mc.DEFAULT_FRAMES)
+    expected, _ = expected_frames(mc, mc.find_music_files(music), mc.DEFAULT_FRAMES)
     np.testing.assert_allclose(cache.frames, expected, atol=2e-3)
     assert not list(cache_dir.glob("*.partial-*"))  # the killed run's leftovers are cleared
     assert snapshot(music) == before

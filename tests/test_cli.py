@@ -158,7 +158,7 @@ def test_folder_without_usable_audio_says_what_was_found(tmp_path):
     result = run_cli("-d", music, "-t", tmp_path / "cache", cwd=tmp_path)
     assert result.returncode == 1
     assert "broken.wav" in result.stderr and "none usable" in result.stderr
-    assert "Copy some .wav files" in result.stderr
+    assert "Copy some music files" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in music.iterdir()) == ["broken.wav", "notes.txt"]
 

@@ -46,7 +46,7 @@ def start(music, cache, cwd, log):
 
 
 def check_invariants(mc, music, cache, cwd, expected_frames):
-    trusted = mc.load_cache(cache, mc.dataset_fingerprint(mc.find_wav_files(music)))
+    trusted = mc.load_cache(cache, mc.dataset_fingerprint(mc.find_music_files(music)))
     if trusted is not None:
         np.testing.assert_allclose(trusted.frames, expected_frames, atol=2e-3)
     checkpoint = cache / mc.CHECKPOINT_NAME

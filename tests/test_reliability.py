@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import soundfile
 from scipy.io import wavfile
 
 from conftest import SCRIPT, melody, peak_rss_mb_of_cli, run_cli, tone, write_int16
@@ -115,6 +116,14 @@ CORPUS = [
     ("30000-channels.wav", lambda p: p.write_bytes(riff(1, 30_000, RATE, 16,
                                                         pcm16(np.repeat(SONG[:2], 30_000)))),
      "used", ""),
+    # Other formats (through soundfile), good and damaged.
+    ("song.flac", lambda p: soundfile.write(p, SONG, RATE, format="FLAC"), "used", ""),
+    ("song.ogg", lambda p: soundfile.write(p, SONG, RATE, format="OGG"), "used", ""),
+    ("text.flac", lambda p: p.write_text("just some text\n" * 20), "skipped",
+     "not a readable FLAC file"),
+    ("garbage.mp3", lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)), "skipped",
+     "not a readable MP3 file"),
+    ("empty.opus", lambda p: p.write_bytes(b""), "skipped", "not a readable OGG file"),
 ]
 
 
@@ -209,7 +218,7 @@ def test_a_folder_of_only_bad_files_gives_one_clear_message(tmp_path):
     result = run_cli("-d", music, "-t", tmp_path / "cache", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.count("error:") == 1
-    assert "none usable" in result.stderr and "Copy some .wav files" in result.stderr
+    assert "none usable" in result.stderr and "Copy some music files" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "cache" / "cache.json").exists()
 
