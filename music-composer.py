@@ -26,6 +26,7 @@ Continue a piece of your own that the network has never heard:
 import argparse
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import io
@@ -144,6 +145,28 @@ class QuitAtSafePoints:
 
 class UserError(Exception):
     """A problem the user can fix; main() prints it without a traceback and exits 1."""
+
+
+@contextlib.contextmanager
+def disk_space_for(folder, what, flag, needed=None):
+    """A full disk while writing `what` into `folder` becomes a UserError that says so. The
+    writers' own clean-up has run by then (temporary files removed); what was finished before
+    (the previous cache, checkpoints, pieces) is untouched, since nothing replaces it until it
+    is complete."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        try:
+            free = f"{format_bytes(shutil.disk_usage(folder).free)} is free"
+        except OSError:
+            free = "its free space is unknown"
+        need = f"needs about {format_bytes(needed)}; " if needed else ""
+        raise UserError(f"The disk holding {folder} is full: writing {what} failed ({need}"
+                        f"{free}). Free some space there, or choose another place with {flag}, "
+                        f"and run again. What earlier runs finished there is unchanged, and "
+                        f"nothing half-written was left behind.") from None
 
 
 def say(message):
@@ -428,8 +451,12 @@ def write_demo_music(folder):
         return path
     Path(folder).mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    wavfile.write(temporary, SAMPLE_RATE, to_pcm16(demo_piece()))
-    os.replace(temporary, path)
+    try:
+        with disk_space_for(folder, "the demo piece", "--demo's folder", 96 * SAMPLE_RATE * 2):
+            wavfile.write(temporary, SAMPLE_RATE, to_pcm16(demo_piece()))
+            os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     say(f"Wrote the demo piece: {path} (96 s).")
     return path
 
@@ -1076,11 +1103,14 @@ def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_F
 
 def write_json_atomically(path, data):
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w") as handle:
+            json.dump(data, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     fsync_dir(path.parent)
 
 
@@ -1122,12 +1152,22 @@ def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
             f"the music's recorded sound for --synthesis grains); rebuilding it.")
     say(f"Building the frame cache in {cache_dir} from {len(music_paths)} music file(s)...")
     started = time.perf_counter()
-    used, skipped = build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind)
+    with disk_space_for(cache_dir, "the frame cache", "-t/--traindata-folder-path",
+                        cache_bytes(music_paths)):
+        used, skipped = build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind)
     cache = load_cache(cache_dir, fingerprint)
     minutes = sum(seconds for _, seconds in used) / 60
     say(f"Cached {len(cache.frames)} frames from {len(used)} file(s), {minutes:.1f} min of music"
         f"{f', {len(skipped)} skipped' if skipped else ''}, in {time.perf_counter() - started:.1f} s.")
     return cache
+
+
+def cache_bytes(music_paths):
+    """About what the cache of this music takes on disk, from the files' sizes: per second of
+    music 4 frames of 44 KB and 88 KB of 16-bit audio; the files are taken as 16-bit stereo
+    WAV (compressed formats hold more music per byte, so this is a floor for them)."""
+    seconds = sum(path.stat().st_size for path in music_paths if path.is_file()) / (4 * SAMPLE_RATE)
+    return int(seconds * (FRAMES_PER_SECOND * NUM_FEATURES * 4 + 2 * SAMPLE_RATE))
 
 
 def older_cache_version(cache_dir):
@@ -1366,7 +1406,9 @@ def save_checkpoint(path, model, metadata, mean, std):
     """Write model + metadata to a temporary file, then rename it over `path` in one step."""
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")  # Keras wants .keras
-    try:
+    with disk_space_for(path.parent, f"the checkpoint {path.name}", "-t/--traindata-folder-path",
+                        12 * model.count_params()), contextlib.ExitStack() as cleanup:
+        cleanup.callback(lambda: temporary.unlink(missing_ok=True))
         model.save(temporary)
         with zipfile.ZipFile(temporary, "a") as archive:
             archive.writestr(CHECKPOINT_METADATA, json.dumps(metadata, indent=1))
@@ -1378,9 +1420,6 @@ def save_checkpoint(path, model, metadata, mean, std):
             os.fsync(handle.fileno())
         os.replace(temporary, path)
         fsync_dir(path.parent)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def load_checkpoint_model(path):
@@ -2197,9 +2236,12 @@ def pyplot():
 def save_figure(figure, path):
     """Saved under a temporary name, then renamed: no half-written picture."""
     temporary = Path(path).with_name(f".{Path(path).name}.partial-{os.getpid()}.png")
-    figure.savefig(temporary, dpi=100)
-    pyplot().close(figure)
-    os.replace(temporary, path)
+    try:
+        figure.savefig(temporary, dpi=100)
+        os.replace(temporary, path)
+    finally:
+        pyplot().close(figure)
+        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -2289,9 +2331,10 @@ class FolderLock:
             raise UserError(f"Another music-composer run (process {owner or 'unknown'}) is "
                             f"using {self.folder}. Wait for it to finish, or give this run "
                             f"another -t/--traindata-folder-path.") from None
-        self.handle.truncate(0)
-        self.handle.write(f"{os.getpid()}\n")
-        self.handle.flush()
+        with disk_space_for(self.folder, "the lock file", "-t/--traindata-folder-path"):
+            self.handle.truncate(0)
+            self.handle.write(f"{os.getpid()}\n")
+            self.handle.flush()
         return self
 
     def __exit__(self, *exc_info):
@@ -2593,13 +2636,17 @@ def compose_from_folder(config):
         model = train(model, cache, metadata, config, rng)
         metadata, mean, std = read_checkpoint_metadata(config.cache_dir / CHECKPOINT_NAME)
         if config.plots:
-            curve = plot_loss_curve(metadata["history"], config.cache_dir / "loss.png")
+            with disk_space_for(config.cache_dir, "the loss curve", "-t/--traindata-folder-path"):
+                curve = plot_loss_curve(metadata["history"], config.cache_dir / "loss.png")
             say(f"Loss curve: {curve}")
     else:
         path, metadata, mean, std = checkpoint
         say(f"Generating from {path}, trained for {metadata['epochs_done']} epoch(s).")
         model = load_checkpoint_model(path)
-    compose(model, cache, config, mean, std, rng, seed_wavs)
+    with disk_space_for(Path(config.output_name).resolve().parent, "the pieces, their reports "
+                        "and spectrograms", "-o/--output-music-name",
+                        output_bytes(config.seconds + 2 * bool(config.seed_wavs), config.num_pieces)):
+        compose(model, cache, config, mean, std, rng, seed_wavs)
 
 
 def main(argv=None):
