@@ -29,6 +29,7 @@ import dataclasses
 import errno
 import functools
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -102,6 +103,8 @@ class Config:
     temperature: float = SAMPLING[DEFAULT_FRAMES]["temperature"]  # scale of sampled errors
     synthesis: str = DEFAULT_SYNTHESIS[DEFAULT_FRAMES]  # how frames sound: a key of SYNTHESES
     copy_limit: float = COPY_LIMIT_SECONDS  # seconds, >= 0.25: longest verbatim stretch (grains)
+    tensorboard: Path | None = None  # folder of TensorBoard logs; None: none written
+    preview_every: int = 0  # write a short preview piece every this many epochs; 0: never
     demo: bool = False  # write and use the built-in demo piece
 
 
@@ -1541,7 +1544,8 @@ def train(model, cache, metadata, config, rng):
                   validation_data=make_batches(cache.frames, validation_starts,
                                                config.batch_size, rng, shuffle=False),
                   initial_epoch=start_epoch, epochs=start_epoch + config.epochs,
-                  callbacks=[callback], verbose=1 if sys.stdout.isatty() else 0)
+                  callbacks=[callback, *watching_callbacks(cache, metadata, config)],
+                  verbose=1 if sys.stdout.isatty() else 0)
     if ctrl_c.requested:
         say(f"Training interrupted after {metadata['epochs_done']} epoch(s); moving on to "
             f"generation (press Ctrl-C again to quit).")
@@ -1550,6 +1554,77 @@ def train(model, cache, metadata, config, rng):
         warn("the loss became NaN; training stopped and the last good checkpoint was kept.")
         return reload_last_checkpoint(model, config.cache_dir)
     return model
+
+
+PREVIEW_SECONDS = 5  # length of a --preview-every piece
+
+
+def watching_callbacks(cache, metadata, config):
+    """What lets a user watch a long run: TensorBoard logs (--tensorboard) and short previews
+    (--preview-every), each only when asked for, so training is not slowed otherwise."""
+    keras = import_keras()
+    callbacks = []
+    if config.tensorboard:
+        # Epoch numbers go on across resumed runs (fit's initial_epoch); no graph is written.
+        callbacks.append(keras.callbacks.TensorBoard(str(config.tensorboard), write_graph=False,
+                                                     update_freq="epoch"))
+    if config.preview_every:
+        callbacks.append(make_preview_callback(cache, metadata, config))
+    return callbacks
+
+
+def make_preview_callback(cache, metadata, config):
+    """Every config.preview_every finished epochs: a PREVIEW_SECONDS piece from a fixed seed,
+    the first second of the first file, into the traindata folder as preview-epoch-K.wav with
+    its quality report, printed and written beside it (and logged to TensorBoard)."""
+    keras = import_keras()
+
+    class WritePreview(keras.callbacks.Callback):
+        written = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            done = metadata["epochs_done"]
+            if done == self.written or done % config.preview_every:
+                return  # an epoch the checkpoint callback did not keep, or not yet time
+            self.written = done
+            figures, path = write_preview(self.model, cache, config, done)
+            if config.tensorboard:
+                log_preview(config.tensorboard, path, figures, done)
+
+    return WritePreview()
+
+
+def write_preview(model, cache, config, epoch):
+    path = config.cache_dir / f"preview-epoch-{epoch}.wav"
+    if any(os.path.lexists(path.with_suffix(suffix)) for suffix in (".wav", ".json")):
+        path = output_paths(path.with_suffix(""), 1)[0]  # never over an earlier run's preview
+    seed = denormalise(np.asarray(cache.frames[None, :WINDOW_FRAMES]), cache.mean, cache.std)
+    say(f"Preview after epoch {epoch}:")
+    synthesis = sound_pieces(model, cache, config, cache.mean, cache.std,
+                             np.random.default_rng(epoch), seed, [path], PREVIEW_SECONDS)
+    figures = report_piece(path, cache.reference, 0.0,
+                           copy_figures(synthesis.copy_indices[0], cache.file_starts))
+    return figures, path
+
+
+def log_preview(folder, path, figures, epoch):
+    """The preview's sound and figures in TensorBoard, under 'preview', at step `epoch`."""
+    import tensorflow as tf
+
+    _, samples = read_wav_samples(path)
+    with tf.summary.create_file_writer(str(Path(folder) / "preview")).as_default(step=epoch):
+        tf.summary.audio("preview", samples[None, :, None], SAMPLE_RATE, step=epoch)
+        for key in ("pitch_clarity", "onsets_per_s", "movement", "spectral_distance",
+                    "last_second_db", "longest_verbatim_s"):
+            tf.summary.scalar(f"preview/{key}", figures[key], step=epoch)
+
+
+def read_wav_samples(path):
+    """One of our own 16-bit WAVs as float32 in [-1, 1]."""
+    from scipy.io import wavfile
+
+    rate, samples = wavfile.read(path)
+    return rate, samples.astype(np.float32) / np.float32(32768)
 
 
 def reload_last_checkpoint(model, cache_dir):
@@ -2170,18 +2245,45 @@ def report_quality(paths, reference, skip_seconds, copies):
         f"(lower is closer), movement (about 1 for music, near 0 for noise or a held chord), "
         f"pitch clarity (share of the time with clear pitch), notes starting per second, and "
         f"the longest stretch of the training music played back verbatim.")
-    for path, skip, copied in zip(paths, skip_seconds, copies):
-        samples = WavSamples(path, int(skip * SAMPLE_RATE))  # read a chunk at a time
-        figures = {**measure_piece(samples, reference, scale=1 / 32768), **copied}
-        samples.close()
-        write_json_atomically(path.with_suffix(".json"), {"file": path.name, **figures})
-        say(f"  {path}: {figures['seconds']:.2f} s | level {figures['first_second_db']:.1f} -> "
-            f"{figures['last_second_db']:.1f} dB | clicks {figures['clicks']:.2f} | "
-            f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f} | "
-            f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | "
-            f"{figures['onsets_per_s']:.1f} notes/s | verbatim: longest "
-            f"{figures['longest_verbatim_s']:.2f} s, {100 * figures['verbatim_2s_share']:.0f}% "
-            f"in stretches of 2 s or more")
+    return [report_piece(path, reference, skip, copied)
+            for path, skip, copied in zip(paths, skip_seconds, copies)]
+
+
+def report_piece(path, reference, skip_seconds, copied):
+    """One piece's figures: printed, written beside it as NAME.json, and returned."""
+    samples = WavSamples(path, int(skip_seconds * SAMPLE_RATE))  # read a chunk at a time
+    figures = {**measure_piece(samples, reference, scale=1 / 32768), **copied}
+    samples.close()
+    write_json_atomically(path.with_suffix(".json"), {"file": path.name, **figures})
+    say(f"  {path}: {figures['seconds']:.2f} s | level {figures['first_second_db']:.1f} -> "
+        f"{figures['last_second_db']:.1f} dB | clicks {figures['clicks']:.2f} | "
+        f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f} | "
+        f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | "
+        f"{figures['onsets_per_s']:.1f} notes/s | verbatim: longest "
+        f"{figures['longest_verbatim_s']:.2f} s, {100 * figures['verbatim_2s_share']:.0f}% "
+        f"in stretches of 2 s or more")
+    return figures
+
+
+def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds, prefixes=None,
+                 endings=None):
+    """Generate a piece from each seed (pieces, seed_frames, features), raw, the configured way,
+    into `paths`; endings: the last 0.5 s of --seed-wav files, whose prefixes start the pieces.
+    Returns the synthesis, which knows the pieces' copy indices."""
+    synthesis = make_synthesis(config.frames, len(raw_seeds), config.synthesis,
+                               RealFrames(cache, mean, std), config.copy_limit)
+    synthesis.prime(raw_seeds)
+    if endings is not None:
+        synthesis.prime_with_audio(endings)
+    with QuitAtSafePoints() as ctrl_c:
+        predict_next, music_frames = make_step_function(model, len(raw_seeds)), None
+        if config.temperature or config.frames == "magnitude":
+            errors, music_frames = prediction_errors(model, cache, rng)
+            predict_next = with_sampled_errors(predict_next, errors, config.temperature, rng)
+        predict_next = synthesis.steer(predict_next, music_frames)
+        write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, seconds,
+                     paths, synthesis, prefixes, ctrl_c)
+    return synthesis
 
 
 def compose(model, cache, config, mean, std, rng, seed_wavs=None):
@@ -2196,20 +2298,9 @@ def compose(model, cache, config, mean, std, rng, seed_wavs=None):
                                           cache.mean, cache.std), None
         say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
             f"1 s clips of the training music, sounded as {config.synthesis}...")
-    synthesis = make_synthesis(config.frames, len(raw_seeds), config.synthesis,
-                               RealFrames(cache, mean, std), config.copy_limit)
-    synthesis.prime(raw_seeds)
-    if seed_wavs is not None:
-        synthesis.prime_with_audio(endings)
     paths = output_paths(config.output_name, len(raw_seeds))
-    with QuitAtSafePoints() as ctrl_c:
-        predict_next, music_frames = make_step_function(model, len(raw_seeds)), None
-        if config.temperature or config.frames == "magnitude":
-            errors, music_frames = prediction_errors(model, cache, rng)
-            predict_next = with_sampled_errors(predict_next, errors, config.temperature, rng)
-        predict_next = synthesis.steer(predict_next, music_frames)
-        write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, config.seconds,
-                     paths, synthesis, prefixes, ctrl_c)
+    synthesis = sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths,
+                             config.seconds, prefixes, None if seed_wavs is None else endings)
     say(f"Wrote {len(paths)} piece(s).")
     seed_ends = [0.0 if prefix is None else len(prefix) / SAMPLE_RATE
                  for prefix in prefixes or [None] * len(paths)]
@@ -2345,7 +2436,10 @@ def check_music_folder_is_left_alone(config):
     """The music folder is only ever read: no cache, checkpoint or output may go inside it."""
     music = config.dataset_dir.resolve()
     for flag, path in [("-t/--traindata-folder-path", config.cache_dir),
-                       ("-o/--output-music-name", Path(config.output_name).parent)]:
+                       ("-o/--output-music-name", Path(config.output_name).parent),
+                       ("--tensorboard", config.tensorboard)]:
+        if path is None:
+            continue
         if path.resolve() == music or music in path.resolve().parents:
             raise UserError(f"{flag} points inside the music folder {config.dataset_dir}, which "
                             f"this tool never writes into. Choose a place outside it.")
@@ -2541,6 +2635,15 @@ def make_parser():
     generation.add_argument("--frames", choices=list(FRAME_KINDS),
                             help="how audio becomes frames: " + "; ".join(
                                 f"{kind}: {text}" for kind, text in FRAME_KINDS.items()))
+    watching = parser.add_argument_group("watching a long run")
+    watching.add_argument("--tensorboard", metavar="DIR", type=Path,
+                          help="write TensorBoard logs into DIR: loss and val_loss per epoch "
+                               "(going on across resumed runs), and the previews' sound and "
+                               "figures; needs: pip install tensorboard (default: none)")
+    watching.add_argument("--preview-every", metavar="N", type=positive_int,
+                          help=f"every N epochs, write a {PREVIEW_SECONDS} s piece from a fixed "
+                               f"seed into the traindata folder as preview-epoch-K.wav, with "
+                               f"its quality figures (default: never)")
     extras = parser.add_argument_group("demo and pictures")
     extras.add_argument("--demo", action="store_true",
                         help=f"train on a built-in piece of music, with everything in "
@@ -2561,6 +2664,9 @@ def config_from_args(args, parser):
 
     seed_wavs = tuple(Path(path) for path in args.seed_wav or ())
     frames = args.frames or DEFAULT_FRAMES
+    if args.tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+        parser.error("--tensorboard needs the tensorboard package, which TensorFlow no longer "
+                     "installs: pip install tensorboard")
     if args.synthesis == "grains" and frames == "plain":
         parser.error("--synthesis grains needs magnitude frames: it finds the real frame of your "
                      "music that sounds nearest to each prediction, and plain frames hold the "
@@ -2578,6 +2684,7 @@ def config_from_args(args, parser):
                   if args.temperature is None else args.temperature,
                   synthesis=args.synthesis or DEFAULT_SYNTHESIS[frames],
                   copy_limit=COPY_LIMIT_SECONDS if args.copy_limit is None else args.copy_limit,
+                  tensorboard=args.tensorboard, preview_every=args.preview_every or 0,
                   demo=args.demo)
 
 
