@@ -105,6 +105,7 @@ class Config:
     copy_limit: float = COPY_LIMIT_SECONDS  # seconds, >= 0.25: longest verbatim stretch (grains)
     tensorboard: Path | None = None  # folder of TensorBoard logs; None: none written
     preview_every: int = 0  # write a short preview piece every this many epochs; 0: never
+    gpus: int | None = None  # train on at most this many GPUs; None: every visible one
     demo: bool = False  # write and use the built-in demo piece
 
 
@@ -1253,10 +1254,48 @@ def import_keras():
             import tensorflow as tf
 
             tf.config.list_physical_devices("GPU")  # probes CUDA once, quietly
+            split_cpu_for_tests(tf)
     import keras
 
     register_fused_adam(keras)
     return keras
+
+
+TEST_REPLICAS = "MUSIC_COMPOSER_TEST_CPU_REPLICAS"  # tests only: split the CPU into N devices
+
+
+def split_cpu_for_tests(tf):
+    """With TEST_REPLICAS set to N > 1 (tests only), the CPU becomes N logical devices, so that
+    training on several devices (MirroredStrategy) is tested on a machine without GPUs. Must
+    run before TensorFlow starts its runtime."""
+    count = int(os.environ.get(TEST_REPLICAS) or 0)
+    if count > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+def replica_devices(gpus_wanted=None):
+    """The devices to train on together: every visible GPU (at most `gpus_wanted`) when there
+    are two or more; else [] for the one-device path, unchanged (no strategy object)."""
+    import tensorflow as tf
+
+    if int(os.environ.get(TEST_REPLICAS) or 0) > 1:
+        return [device.name for device in tf.config.list_logical_devices("CPU")]
+    gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
+    chosen = gpus[: gpus_wanted or len(gpus)]
+    return chosen if len(chosen) > 1 else []
+
+
+def training_scope(devices):
+    """MirroredStrategy's scope over `devices` (a replica of the model on each, gradients summed
+    across them every step), or no scope at all for one device. The model, its optimizer,
+    compile and a checkpoint loaded to resume must all be made inside it."""
+    if not devices:
+        return contextlib.nullcontext()
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(devices).scope()
 
 
 def register_fused_adam(keras):
@@ -1440,14 +1479,20 @@ def load_checkpoint_model(path):
 # Training
 
 
-def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.0):
+def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.0, multiple=1):
     """A keras.utils.PyDataset over the memory-mapped frames: nothing loaded whole.
+
+    multiple: every batch holds a multiple of this many windows (the devices training together,
+    which share each batch evenly); the fewer than `multiple` windows left over at the end of
+    an epoch wait for the next (shuffled) one; fewer windows than that in all are repeated.
 
     input_noise: the standard deviation of Gaussian noise added to the input frames (not the
     targets), in normalised units. Fed its own imperfect output when generating, a network
     trained only on clean inputs drifts to a fixed point: a held chord that fades. Trained on
     noisy inputs, it learns to steer back towards the music."""
     keras = import_keras()
+    if 0 < len(window_starts) < multiple:
+        window_starts = np.resize(window_starts, multiple)
 
     class WindowBatches(keras.utils.PyDataset):
         def __init__(self):
@@ -1456,11 +1501,12 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
             self.noise_seed, self.epoch = int(rng.integers(2**63)), 0
 
         def __len__(self):
-            return -(-len(window_starts) // batch_size)
+            return -(-(len(window_starts) - len(window_starts) % multiple) // batch_size)
 
         def __getitem__(self, index):
+            usable = len(window_starts) - len(window_starts) % multiple
             inputs, targets = gather_windows(
-                frames, self.order[index * batch_size : (index + 1) * batch_size])
+                frames, self.order[index * batch_size : min((index + 1) * batch_size, usable)])
             if input_noise:  # seeded per batch: repeatable whichever thread asks
                 noise_rng = np.random.default_rng((self.noise_seed, self.epoch, index))
                 # A new array: inputs and targets are views of the same windows.
@@ -1528,21 +1574,25 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, interrupted=lambda:
     return SaveCheckpoint()
 
 
-def train(model, cache, metadata, config, rng):
-    """Train config.epochs more epochs; return the model to generate with."""
+def train(model, cache, metadata, config, rng, replicas=1):
+    """Train config.epochs more epochs; return the model to generate with. With several
+    replicas, each takes config.batch_size windows a step: the global batch is their sum."""
     train_starts, validation_starts = split_windows(cache.file_starts)
     if len(train_starts) == 0 or len(validation_starts) == 0:
         raise UserError(minimum_music_message(cache.file_starts))
+    batch_size = config.batch_size * replicas
     say(f"Training on {len(train_starts)} windows, validating on {len(validation_starts)}, "
-        f"batch size {config.batch_size}.")
+        f"batch size {config.batch_size}"
+        + (f" on each of {replicas} devices ({batch_size} a step)." if replicas > 1 else "."))
     start_epoch = metadata["epochs_done"]
     with StopOnCtrlC(model) as ctrl_c:
         callback = make_checkpoint_callback(config.cache_dir, metadata, cache.mean, cache.std,
                                             interrupted=lambda: ctrl_c.requested)
-        model.fit(make_batches(cache.frames, train_starts, config.batch_size, rng, shuffle=True,
-                               input_noise=SAMPLING[config.frames]["input_noise"]),
-                  validation_data=make_batches(cache.frames, validation_starts,
-                                               config.batch_size, rng, shuffle=False),
+        model.fit(make_batches(cache.frames, train_starts, batch_size, rng, shuffle=True,
+                               input_noise=SAMPLING[config.frames]["input_noise"],
+                               multiple=replicas),
+                  validation_data=make_batches(cache.frames, validation_starts, batch_size, rng,
+                                               shuffle=False, multiple=replicas),
                   initial_epoch=start_epoch, epochs=start_epoch + config.epochs,
                   callbacks=[callback, *watching_callbacks(cache, metadata, config)],
                   verbose=1 if sys.stdout.isatty() else 0)
@@ -1635,10 +1685,14 @@ def reload_last_checkpoint(model, cache_dir):
     return load_checkpoint_model(path)
 
 
-def describe_device():
+def describe_device(devices=()):
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
+    if len(devices) > 1:
+        kind = "GPUs" if gpus else "logical CPU devices (a test)"
+        return (f"{len(devices)} {kind} training together (MirroredStrategy), each on -b windows "
+                f"a step; generation on one")
     if gpus:
         return f"GPU ({', '.join(gpu.name for gpu in gpus)}), LSTMs on cuDNN"
     return f"CPU ({os.cpu_count()} cores; no GPU visible)"
@@ -2608,6 +2662,10 @@ def make_parser():
                                "(default: 20; --demo: 40)")
     training.add_argument("-b", "--batch-size", type=positive_int,
                           help="training windows per batch (default: 10)")
+    training.add_argument("--gpus", type=positive_int, metavar="N",
+                          help="train on at most N of the visible GPUs; with two or more, "
+                               "-b windows go to each GPU every step (default: all; "
+                               "CUDA_VISIBLE_DEVICES chooses which are visible)")
     training.add_argument("--random-seed", type=random_seed,
                           help="make initialisation, shuffling and seeds repeatable on a CPU "
                                "(default: none)")
@@ -2685,6 +2743,7 @@ def config_from_args(args, parser):
                   synthesis=args.synthesis or DEFAULT_SYNTHESIS[frames],
                   copy_limit=COPY_LIMIT_SECONDS if args.copy_limit is None else args.copy_limit,
                   tensorboard=args.tensorboard, preview_every=args.preview_every or 0,
+                  gpus=args.gpus,
                   demo=args.demo)
 
 
@@ -2735,12 +2794,16 @@ def compose_from_folder(config):
     if config.random_seed is not None:
         keras.utils.set_random_seed(config.random_seed)
     rng = np.random.default_rng(config.random_seed)
-    say(f"Device: {describe_device()}.")
+    devices = replica_devices(config.gpus) if config.epochs > 0 else []
+    say(f"Device: {describe_device(devices)}.")
     if config.epochs > 0:
-        model, metadata = prepare_model(config, cache, checkpoint)
-        say(f"Model: {model.count_params():,} parameters (-n {config.hidden_neurons} "
-            f"-l {config.hidden_layers}).")
-        model = train(model, cache, metadata, config, rng)
+        with training_scope(devices):
+            model, metadata = prepare_model(config, cache, checkpoint)
+            say(f"Model: {model.count_params():,} parameters (-n {config.hidden_neurons} "
+                f"-l {config.hidden_layers}).")
+            model = train(model, cache, metadata, config, rng, replicas=max(len(devices), 1))
+        if devices:  # generation steps one frame at a time: one device, the saved weights
+            model = load_checkpoint_model(config.cache_dir / CHECKPOINT_NAME)
         metadata, mean, std = read_checkpoint_metadata(config.cache_dir / CHECKPOINT_NAME)
         if config.plots:
             with disk_space_for(config.cache_dir, "the loss curve", "-t/--traindata-folder-path"):

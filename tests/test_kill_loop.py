@@ -45,10 +45,12 @@ def start(music, cache, cwd, log):
                             cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def check_invariants(mc, music, cache, cwd, expected_frames):
+def check_invariants(mc, music, cache, cwd, expected):
     trusted = mc.load_cache(cache, mc.dataset_fingerprint(mc.find_music_files(music)))
-    if trusted is not None:
-        np.testing.assert_allclose(trusted.frames, expected_frames, atol=2e-3)
+    if trusted is not None:  # frames, the recorded audio and the index, all as computed fresh
+        np.testing.assert_allclose(trusted.frames, expected.frames, atol=2e-3)
+        np.testing.assert_array_equal(trusted.audio, expected.audio)
+        np.testing.assert_allclose(trusted.codes, expected.codes, atol=1e-2)
     checkpoint = cache / mc.CHECKPOINT_NAME
     if checkpoint.exists():
         metadata, _, _ = mc.read_checkpoint_metadata(checkpoint)
@@ -67,7 +69,7 @@ def test_sigkill_at_random_moments_loses_nothing(mc, tmp_path):
         write_int16(music / f"{index:02d}.wav", melody(6.0, seed=index))
     cache, cwd = tmp_path / "cache", tmp_path / "out"
     cwd.mkdir()
-    expected = mc.prepare_cache(music, tmp_path / "reference").frames[:]
+    expected = mc.prepare_cache(music, tmp_path / "reference")
 
     started = time.monotonic()  # one whole run first: it sets the range of the delays
     with open(tmp_path / "baseline.log", "w") as log:
