@@ -624,6 +624,12 @@ class RealFrames:
     def __init__(self, cache, mean, std):
         self.cache, self.mean, self.std = cache, mean, std
         self.squared_norms = np.einsum("ij,ij->i", cache.codes, cache.codes)
+        # Frames far below the music's level: silences between pieces, fade-outs. Grains never
+        # choose them, or a loop of silence in, silence predicted, silence chosen could start.
+        levels = cache.reference.frame_levels
+        self.silent = levels < cache.rms_db - SILENCE_BELOW_MUSIC_DB
+        if self.silent.all():
+            self.silent[:] = False
 
     def encode(self, raw_frames):  # (pieces, NUM_FEATURES) raw -> (pieces, dimensions)
         return normalise(raw_frames, self.cache.mean, self.cache.std) @ self.cache.components.T
@@ -650,6 +656,7 @@ class RealFrames:
         return np.where((np.asarray(indices) >= 0) & (after < ends), after, -1)
 
 
+SILENCE_BELOW_MUSIC_DB = 30.0  # frames this far below the music's RMS level count as silent
 SUCCESSOR_WEIGHT = 0.3  # the real successor of the last choice costs this share of its distance
 JOIN_WEIGHT = 0.5  # weight of how unlike the successor a jump's frame sounds (a bad join)
 
@@ -664,7 +671,8 @@ class GrainSynthesis:
     preferred. That real frame is fed back in (steer), and its recorded 0.5 s window is
     overlap-added with a Hann window (push): two choices in a row play the recording exactly.
     The copy guard: after `copy_limit` seconds played verbatim, the successor and every frame
-    within that distance of it in the same file are ruled out for the next choice.
+    within that distance of it in the same file are ruled out for the next choice. Frames more
+    than SILENCE_BELOW_MUSIC_DB below the music's level are never chosen.
     """
 
     overlap = BLOCK_SIZE
@@ -711,6 +719,7 @@ class GrainSynthesis:
     def choose(self, raw_predictions):  # (pieces, NUM_FEATURES) -> (pieces,) frame indices
         codes = self.real.cache.codes
         cost = self.real.distances(self.real.encode(raw_predictions))
+        cost[:, self.real.silent] = np.inf
         successors = self.real.successors(self.previous)
         for piece, (successor, previous) in enumerate(zip(successors, self.previous)):
             if previous < 0:
@@ -829,7 +838,8 @@ class RunningStats:
 # to a whole block after), so that frame j's 0.5 s window is audio[(j + file) * BLOCK_SIZE:]
 # [:WINDOW_SIZE]; and the frames' compressed index: components.npy (INDEX_DIMENSIONS,
 # NUM_FEATURES), the principal axes of the normalised frames, and codes.npy (num_frames,
-# INDEX_DIMENSIONS), every frame projected on them. A new cache is built in a temporary
+# INDEX_DIMENSIONS), every frame projected on them; levels.npy, each frame's window's RMS in
+# dB. A new cache is built in a temporary
 # folder and renamed into place before the manifest is replaced, so a run killed at any moment
 # leaves the previous complete cache or no trusted cache at all.
 
@@ -890,6 +900,7 @@ def load_cache(cache_dir, fingerprint):
         audio = np.load(folder / "audio.npy", mmap_mode="r", allow_pickle=False)
         codes = np.load(folder / "codes.npy", allow_pickle=False)
         components = np.load(folder / "components.npy", allow_pickle=False)
+        levels = np.load(folder / "levels.npy", allow_pickle=False)
         kind, pitch_clarity = manifest["settings"]["frame"], float(manifest["pitch_clarity"])
         onset_rate = float(manifest["onset_rate"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -899,13 +910,13 @@ def load_cache(cache_dir, fingerprint):
     if frames.shape != expected or file_starts[-1] != frames.shape[0] or mean.shape != std.shape \
             or mel["mel_second_starts"][-1] != len(mel["mel_seconds"]) or kind not in FRAME_KINDS \
             or audio.shape != ((expected[0] + num_files) * BLOCK_SIZE,) \
-            or codes.shape != (expected[0], len(components)) \
+            or codes.shape != (expected[0], len(components)) or levels.shape != expected[:1] \
             or components.shape[1:] != (NUM_FEATURES,):
         return None
     starts = mel["mel_second_starts"]
     reference = MusicReference(manifest["rms_db"], mel["mel_mean"], mel["mel_cov"],
                                [mel["mel_seconds"][a:b] for a, b in zip(starts[:-1], starts[1:])],
-                               pitch_clarity, onset_rate)
+                               pitch_clarity, onset_rate, levels)
     return FrameCache(frames, file_starts, mean, std, manifest["files"], fingerprint,
                       manifest["rms_db"], kind, reference, audio, codes, components)
 
@@ -942,13 +953,20 @@ def npy_header(shape, descr="<f4"):
     return buffer.getvalue()
 
 
-def padded_pcm16(audio):
+def padded_audio(audio):
     """A file's audio as its frames' windows see it: half a block of silence first, zeros to a
-    whole block after the last frame's window, 16-bit: (num_frames + 1) * BLOCK_SIZE samples."""
+    whole block after the last frame's window: (num_frames + 1) * BLOCK_SIZE samples."""
     num_blocks = max(1, -(-len(audio) // BLOCK_SIZE))
     padded = np.zeros((num_blocks + 1) * BLOCK_SIZE, np.float32)
     padded[BLOCK_SIZE // 2 : BLOCK_SIZE // 2 + len(audio)] = audio
-    return to_pcm16(padded)
+    return padded
+
+
+def window_levels(padded):
+    """(num_frames,) float32: the RMS level in dB of each frame's 0.5 s window."""
+    blocks = padded.reshape(-1, BLOCK_SIZE).astype(np.float64)
+    energy = np.einsum("ij,ij->i", blocks, blocks)
+    return (10 * np.log10((energy[:-1] + energy[1:]) / WINDOW_SIZE + 1e-20)).astype(np.float32)
 
 
 def write_raw_frames(music_paths, folder, kind):
@@ -962,7 +980,7 @@ def write_raw_frames(music_paths, folder, kind):
     from concurrent.futures import ThreadPoolExecutor
 
     stats, file_starts, used, skipped = RunningStats(NUM_FEATURES), [0], [], []
-    sum_squares, num_samples, pitch_counts, onsets = 0.0, 0, np.zeros(2), [0]
+    sum_squares, num_samples, pitch_counts, onsets, levels = 0.0, 0, np.zeros(2), [0], []
     filters, mel_total, mel_seconds = mel_filterbank(), LogMelStats(), []
     # One writer thread: a file's frames and audio go to disk, and its log-mel figures are
     # gathered, while the next file is read and transformed.
@@ -986,7 +1004,9 @@ def write_raw_frames(music_paths, folder, kind):
 
             def write_and_measure(frames=frames, audio=audio):
                 raw.write(frames)
-                pcm.write(padded_pcm16(audio))
+                padded = padded_audio(audio)
+                pcm.write(to_pcm16(padded))
+                levels.append(window_levels(padded))
                 file_mel = log_mel_stats(lambda start, stop: audio[start:stop], len(audio),
                                          filters, into=mel_total)
                 mel_seconds.append(file_mel.second_means())
@@ -1010,6 +1030,8 @@ def write_raw_frames(music_paths, folder, kind):
     reference = MusicReference(rms_db, *mel_total.mean_and_cov(), mel_seconds,
                                pitch_counts[0] / max(pitch_counts[1], 1),
                                onsets[0] / max(num_samples / SAMPLE_RATE, 1e-9)) if used else None
+    if reference is not None:
+        reference.frame_levels = np.concatenate(levels)
     return stats, np.array(file_starts, dtype=np.int64), used, skipped, reference
 
 
@@ -1086,6 +1108,7 @@ def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_F
         seconds = reference.second_means
         for name, array in [("file_starts", file_starts), ("mean", mean), ("std", std),
                             ("components", components), ("codes", codes),
+                            ("levels", reference.frame_levels),
                             ("mel_mean", reference.mel_mean), ("mel_cov", reference.mel_cov),
                             ("mel_seconds", np.concatenate(seconds)),
                             ("mel_second_starts", np.cumsum([0] + [len(s) for s in seconds]))]:
@@ -2229,6 +2252,7 @@ class MusicReference:
     second_means: list  # per file: (seconds, MEL_BANDS) one-second-averaged log-mel
     pitch_clarity: float = math.nan  # share of the music's audible time that is clearly pitched
     onset_rate: float = math.nan  # notes starting per second in the music
+    frame_levels: np.ndarray = None  # (num_frames,) RMS dB of each frame's window
 
     def movement(self, seconds):
         """The training music's movement in pieces of `seconds` (whole files when shorter)."""

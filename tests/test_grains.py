@@ -266,6 +266,34 @@ def test_grains_continue_a_seed_wav_with_a_crossfade(mc, cache, tmp_path):
     np.testing.assert_allclose(samples[unchanged : len(prefix)], expected, atol=2e-4)
 
 
+def test_grains_never_choose_silence(mc, tmp_path):
+    """Music with a silent gap, and a network that always predicts that silence: the choices
+    are the quietest frames that are not silent, never the gap's."""
+    music = tmp_path / "music"
+    music.mkdir()
+    audio = np.concatenate([melody(4.0, seed=2), np.zeros(3 * RATE, np.float32),
+                            0.5 * melody(4.0, seed=3)])
+    write_int16(music / "gap.wav", audio)
+    cache = mc.prepare_cache(music, tmp_path / "cache")
+    levels = cache.reference.frame_levels
+    assert levels.shape == (len(cache.frames),)
+    silent = np.flatnonzero(levels < cache.rms_db - mc.SILENCE_BELOW_MUSIC_DB)
+    assert len(silent) >= 8  # the 3 s gap, less the windows that reach into the music
+    real = mc.RealFrames(cache, cache.mean, cache.std)
+    quiet = np.asarray(cache.frames[silent[len(silent) // 2]])
+    synthesis = mc.make_synthesis("magnitude", 1, "grains", real)
+    synthesis.prime(mc.denormalise(cache.frames[None, :4], cache.mean, cache.std))
+    predict = synthesis.steer(lambda frames: quiet[None].copy())
+    for _ in range(3 + 20):
+        predict(None)
+    chosen = np.concatenate(list(synthesis.chosen))
+    assert len(chosen) == 20 and not set(chosen) & set(silent)
+    # The frame levels are those of the windows' recorded audio.
+    window = cache.grain(5)
+    assert levels[5] == pytest.approx(10 * np.log10(np.mean(window.astype(np.float64) ** 2)),
+                                      abs=0.05)
+
+
 def test_spectra_note_the_nearest_real_frames(mc, cache, tmp_path):
     cache, _ = cache
     real = mc.RealFrames(cache, cache.mean, cache.std)
