@@ -76,7 +76,7 @@ SAMPLING = {"magnitude": {"input_noise": 0.5, "temperature": 1.0},
 # How a predicted frame becomes sound (see the Generation section).
 SYNTHESES = {"grains": "the network chooses, real recordings sound: each predicted frame is "
                        "matched to a real frame of the training music, whose recorded audio is "
-                       "played and which is fed back in (default)",
+                       "played and which is fed back in",
              "spectra": "the predicted frame itself is sounded: its phase rebuilt (magnitude "
                         "frames), or its inverse FFT (plain frames)"}
 DEFAULT_SYNTHESIS = {"magnitude": "grains", "plain": "spectra"}  # grains need magnitude frames
