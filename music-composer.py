@@ -648,6 +648,12 @@ class RealFrames:
     def grains(self, indices):  # (pieces,) -> (pieces, WINDOW_SIZE) float32 recorded audio
         return np.stack([self.cache.grain(index) for index in indices])
 
+    def around(self, index, reach):
+        """The frames within `reach` of frame `index` in its own file, as a slice."""
+        starts = self.cache.file_starts
+        file = np.searchsorted(starts, index, side="right") - 1
+        return slice(max(starts[file], index - reach), min(starts[file + 1], index + reach + 1))
+
     def successors(self, indices):
         """The frame after each one in its file, or -1 (none: the file ends, or no frame)."""
         after = np.asarray(indices) + 1
@@ -657,19 +663,18 @@ class RealFrames:
 
 
 SILENCE_BELOW_MUSIC_DB = 30.0  # frames this far below the music's RMS level count as silent
-SUCCESSOR_WEIGHT = 0.3  # the real successor of the last choice costs this share of its distance
-JOIN_WEIGHT = 0.5  # weight of how unlike the successor a jump's frame sounds (a bad join)
+JOIN_WEIGHT = 0.25  # weight of how unlike the last choice's successor a frame sounds (its join)
 
 
 class GrainSynthesis:
     """The network chooses, real recordings sound (unit selection steered by the network).
 
     Each predicted frame is matched to one real frame of the training music: the one that
-    minimises its distance to the prediction, plus JOIN_WEIGHT times its distance to the real
-    successor of the last choice (a jump is cheap where the two sound alike); the successor
-    itself costs only SUCCESSOR_WEIGHT of its distance, so the music's own continuations are
-    preferred. That real frame is fed back in (steer), and its recorded 0.5 s window is
-    overlap-added with a Hann window (push): two choices in a row play the recording exactly.
+    minimises its (squared) distance to the prediction plus JOIN_WEIGHT times its distance to
+    the real successor of the last choice. The successor itself joins perfectly, and a jump is
+    cheap where the two frames sound alike. That real frame is fed back in (steer), and its
+    recorded 0.5 s window is overlap-added with a Hann window (push): two choices in a row
+    play the recording exactly.
     The copy guard: after `copy_limit` seconds played verbatim, the successor and every frame
     within that distance of it in the same file are ruled out for the next choice. Frames more
     than SILENCE_BELOW_MUSIC_DB below the music's level are never chosen.
@@ -718,23 +723,15 @@ class GrainSynthesis:
 
     def choose(self, raw_predictions):  # (pieces, NUM_FEATURES) -> (pieces,) frame indices
         codes = self.real.cache.codes
-        cost = self.real.distances(self.real.encode(raw_predictions))
-        cost[:, self.real.silent] = np.inf
+        cost = self.real.distances(self.real.encode(raw_predictions))  # (pieces, num_frames)
         successors = self.real.successors(self.previous)
-        for piece, (successor, previous) in enumerate(zip(successors, self.previous)):
-            if previous < 0:
-                continue
-            joined = codes[successor if successor >= 0 else previous]
-            cost[piece] += JOIN_WEIGHT * np.sum(np.square(codes - joined), axis=1)
-            if successor < 0:
-                continue
-            if self.run[piece] >= self.limit:  # the copy guard
-                start, end = self.real.cache.file_starts[np.searchsorted(
-                    self.real.cache.file_starts, successor, side="right") - 1 :][:2]
-                cost[piece, max(start, successor - self.limit) : min(end, successor + self.limit
-                                                                      + 1)] = np.inf
-            else:
-                cost[piece, successor] *= SUCCESSOR_WEIGHT
+        joined = np.where(successors >= 0, successors, self.previous)  # what a choice follows
+        joins = self.real.distances(codes[np.maximum(joined, 0)])
+        cost += JOIN_WEIGHT * np.where((self.previous >= 0)[:, None], joins, 0)
+        cost[:, self.real.silent] = np.inf
+        for piece, successor in enumerate(successors):
+            if successor >= 0 and self.run[piece] >= self.limit:  # the copy guard
+                cost[piece, self.real.around(successor, self.limit)] = np.inf
         choices = np.argmin(cost, axis=1)
         self.run = np.where(choices == successors, self.run + 1, 1)
         self.previous = choices
