@@ -1065,7 +1065,8 @@ def normalise_npy_in_place(npy_path, num_frames, mean, std, chunk_frames=256):
     chunk = np.empty((chunk_frames, NUM_FEATURES), np.float32)
     codes = []
     with open(npy_path, "r+b") as handle:
-        sample = np.unique(np.linspace(0, num_frames - 1, min(num_frames, INDEX_SAMPLE)).astype(int))
+        sample = np.unique(np.linspace(0, num_frames - 1, min(num_frames, INDEX_SAMPLE))
+                           .astype(int))
         components = principal_axes(read_rows(handle, sample, mean, std))
         handle.seek(0)
         handle.write(npy_header((num_frames, NUM_FEATURES)))
@@ -2628,27 +2629,23 @@ def random_seed(text):
     return value
 
 
-def temperature(text):
-    """A number from 0 to 4: the scale of the sampled errors (see with_sampled_errors)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number such as 0.5, got {text!r}") from None
-    if not 0 <= value <= 4:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be from 0 to 4, got {text}")
-    return value
+def number_between(low, high, example):
+    """An argparse type: a number from `low` to `high`, else a message naming both."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number such as {example}, "
+                                             f"got {text!r}") from None
+        if not low <= value <= high:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be from {low:g} to {high:g}, got {text}")
+        return value
+
+    return parse
 
 
-def copy_limit(text):
-    """Seconds, at least one frame (0.25 s)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds such as 4, "
-                                         f"got {text!r}") from None
-    if not 1 / FRAMES_PER_SECOND <= value <= 3600:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be from 0.25 to 3600 seconds, got {text}")
-    return value
+temperature = number_between(0, 4, "0.5")  # the scale of the sampled errors
+copy_limit = number_between(1 / FRAMES_PER_SECOND, 3600, "4")  # seconds: at least one frame
 
 
 def output_name(text):
@@ -2836,7 +2833,8 @@ def compose_from_folder(config):
         model = load_checkpoint_model(path)
     with disk_space_for(Path(config.output_name).resolve().parent, "the pieces, their reports "
                         "and spectrograms", "-o/--output-music-name",
-                        output_bytes(config.seconds + 2 * bool(config.seed_wavs), config.num_pieces)):
+                        output_bytes(config.seconds + 2 * bool(config.seed_wavs),
+                                     config.num_pieces)):
         compose(model, cache, config, mean, std, rng, seed_wavs)
 
 
