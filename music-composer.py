@@ -642,8 +642,8 @@ class RealFrames:
         return np.argmin(self.distances(self.encode(raw_frames)), axis=1)
 
     def for_network(self, indices):  # (pieces,) -> (pieces, NUM_FEATURES), network-normalised
-        raw = denormalise(self.cache.frames[np.sort(indices)], self.cache.mean, self.cache.std)
-        return normalise(raw[np.argsort(np.argsort(indices))], self.mean, self.std)
+        rows = np.concatenate([read_span(self.cache.frames, index, 1) for index in indices])
+        return normalise(denormalise(rows, self.cache.mean, self.cache.std), self.mean, self.std)
 
     def grains(self, indices):  # (pieces,) -> (pieces, WINDOW_SIZE) float32 recorded audio
         return np.stack([self.cache.grain(index) for index in indices])
@@ -859,7 +859,21 @@ class FrameCache:
     def grain(self, index):
         """Frame `index`'s 0.5 s of recorded audio, (WINDOW_SIZE,) float32 in [-1, 1]."""
         start = (index + np.searchsorted(self.file_starts, index, side="right") - 1) * BLOCK_SIZE
-        return self.audio[start : start + WINDOW_SIZE].astype(np.float32) / np.float32(32768)
+        return read_span(self.audio, start, WINDOW_SIZE).astype(np.float32) / np.float32(32768)
+
+
+def read_span(array, start, count):
+    """array[start : start + count] of a memory-mapped .npy, read with a plain read: pages of a
+    memory map stay counted as the process's memory while it is mapped, so reading scattered
+    rows of it (grains, chosen frames) would grow with the music's length."""
+    if not isinstance(array, np.memmap):
+        return np.asarray(array[start : start + count])
+    row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+    out = np.empty((count, *array.shape[1:]), array.dtype)
+    with open(array.filename, "rb") as handle:
+        handle.seek(array.offset + start * row_bytes)
+        handle.readinto(memoryview(out).cast("B"))
+    return out
 
 
 def preprocessing_settings(kind):
@@ -1033,7 +1047,7 @@ def write_raw_frames(music_paths, folder, kind):
 
 
 INDEX_DIMENSIONS = 64  # principal components kept in the compressed index of the frames
-INDEX_SAMPLE = 2048  # frames, evenly spaced, from which the principal axes are found
+INDEX_SAMPLE = 1024  # frames, evenly spaced, from which the principal axes are found
 
 
 def read_rows(handle, rows, mean, std):
@@ -1048,11 +1062,11 @@ def read_rows(handle, rows, mean, std):
 def principal_axes(sample, dimensions=INDEX_DIMENSIONS):
     """(dimensions, features) float32: the directions along which the normalised frames
     `sample` (n, features) vary most, through the small n x n Gram matrix."""
-    gram = sample.astype(np.float64) @ sample.T.astype(np.float64)
+    gram = (sample @ sample.T).astype(np.float64)  # float32 products: the sample stays 45 MB
     values, vectors = np.linalg.eigh(gram)
     keep = np.argsort(values)[::-1][: min(dimensions, len(sample))]
-    keep = keep[values[keep] > 1e-9 * max(values.max(), 1e-30)]
-    axes = (vectors[:, keep].T @ sample) / np.sqrt(values[keep])[:, None]
+    keep = keep[values[keep] > 1e-6 * max(values.max(), 1e-30)]
+    axes = (vectors[:, keep].T.astype(np.float32) @ sample) / np.sqrt(values[keep])[:, None]
     return axes.astype(np.float32)
 
 
