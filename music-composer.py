@@ -5,8 +5,10 @@ music-composer: learn the style of a folder of music and compose new music in th
 Each 0.25 s block of audio becomes one FFT frame (by default the log-magnitude spectrum of a
 0.5 s window around it; --frames plain keeps the original real+imaginary FFT); a recurrent
 network (Dense -> stacked LSTM -> Dense) learns to predict the next frame; seeded with a clip
-of the training music, it then writes new music one frame at a time, rebuilding the phase,
-and measures what it wrote against the music.
+of the training music, it then writes new music one frame at a time. By default each
+prediction is matched to a real frame of the music, whose recording is played and fed back
+(--synthesis grains); --synthesis spectra sounds the predicted spectrum itself, rebuilding
+its phase. Every piece is measured against the music.
 
 See it work on a built-in piece of music (a few minutes on a CPU, nothing to download):
     python3 music-composer.py --demo
