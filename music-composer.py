@@ -307,10 +307,7 @@ def read_wav(path):
     """
     from scipy.io import wavfile
 
-    if os.path.islink(path) and not os.path.exists(path):
-        raise UnusableAudio("broken link: what it points to does not exist")
-    if not os.path.isfile(path):
-        raise UnusableAudio("not a regular file" if os.path.exists(path) else "no such file")
+    check_regular_file(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -334,6 +331,14 @@ def read_wav(path):
     return audio, [f"SciPy: {warning.message}" for warning in caught] + notes
 
 
+def check_regular_file(path):
+    """UnusableAudio unless `path` is a regular file (a link to one will do)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise UnusableAudio("broken link: what it points to does not exist")
+    if not os.path.isfile(path):
+        raise UnusableAudio("not a regular file" if os.path.exists(path) else "no such file")
+
+
 def read_audio(path):
     """Any music file the tool reads -> (mono float32 samples at 44.1 kHz, notes); see read_wav.
     Raises UnusableAudio with a short reason for anything that cannot be used."""
@@ -349,10 +354,7 @@ def read_with_soundfile(path, format_name):
     except ImportError:
         raise UnusableAudio(f"reading {format_name} files needs soundfile: pip install "
                             f"soundfile") from None
-    if os.path.islink(path) and not os.path.exists(path):
-        raise UnusableAudio("broken link: what it points to does not exist")
-    if not os.path.isfile(path):
-        raise UnusableAudio("not a regular file" if os.path.exists(path) else "no such file")
+    check_regular_file(path)
     if format_name not in soundfile.available_formats():
         raise UnusableAudio(f"the installed libsndfile ({soundfile.__libsndfile_version__}) "
                             f"cannot read {format_name}; pip install --upgrade soundfile")
@@ -516,14 +518,22 @@ def sqrt_hann():
                    ).astype(np.float32)
 
 
+def padded_audio(audio):
+    """A file's audio as its frames' windows see it: half a block of silence first, zeros to a
+    whole block after the last frame's window: (num_frames + 1) * BLOCK_SIZE samples."""
+    num_blocks = max(1, -(-len(audio) // BLOCK_SIZE))
+    padded = np.zeros((num_blocks + 1) * BLOCK_SIZE, np.float32)
+    padded[BLOCK_SIZE // 2 : BLOCK_SIZE // 2 + len(audio)] = audio
+    return padded
+
+
 def spectra_from_audio(audio):
     """(samples,) -> (num_blocks, WINDOW_SIZE // 2 + 1) complex64: window i is centred on block i
     (the signal padded with half a block of silence at the start and zeros at the end)."""
     from scipy import fft
 
-    num_blocks = max(1, -(-len(audio) // BLOCK_SIZE))
-    padded = np.zeros((num_blocks + 1) * BLOCK_SIZE, np.float32)
-    padded[BLOCK_SIZE // 2 : BLOCK_SIZE // 2 + len(audio)] = audio
+    padded = padded_audio(audio)
+    num_blocks = len(padded) // BLOCK_SIZE - 1
     windows = np.lib.stride_tricks.sliding_window_view(padded, WINDOW_SIZE)[::BLOCK_SIZE]
     return fft.rfft(windows[:num_blocks] * sqrt_hann(), axis=-1, workers=-1)
 
@@ -966,15 +976,6 @@ def npy_header(shape, descr="<f4"):
     return buffer.getvalue()
 
 
-def padded_audio(audio):
-    """A file's audio as its frames' windows see it: half a block of silence first, zeros to a
-    whole block after the last frame's window: (num_frames + 1) * BLOCK_SIZE samples."""
-    num_blocks = max(1, -(-len(audio) // BLOCK_SIZE))
-    padded = np.zeros((num_blocks + 1) * BLOCK_SIZE, np.float32)
-    padded[BLOCK_SIZE // 2 : BLOCK_SIZE // 2 + len(audio)] = audio
-    return padded
-
-
 def window_levels(padded):
     """(num_frames,) float32: the RMS level in dB of each frame's 0.5 s window."""
     blocks = padded.reshape(-1, BLOCK_SIZE).astype(np.float64)
@@ -1187,9 +1188,10 @@ def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
         say(f"Reusing the frame cache in {cache_dir}: {len(cache.file_names)} file(s), "
             f"{len(cache.frames)} frames ({len(cache.frames) / FRAMES_PER_SECOND / 60:.1f} min).")
         return cache
-    if older_cache_version(cache_dir) is not None:
+    older = older_cache_version(cache_dir)
+    if older is not None:
         say(f"The frame cache in {cache_dir} was made by an older version of this tool "
-            f"(cache version {older_cache_version(cache_dir)}, now {CACHE_VERSION}: it now keeps "
+            f"(cache version {older}, now {CACHE_VERSION}: it now keeps "
             f"the music's recorded sound for --synthesis grains); rebuilding it.")
     say(f"Building the frame cache in {cache_dir} from {len(music_paths)} music file(s)...")
     started = time.perf_counter()
@@ -1698,20 +1700,14 @@ def log_preview(folder, path, figures, epoch):
     """The preview's sound and figures in TensorBoard, under 'preview', at step `epoch`."""
     import tensorflow as tf
 
-    _, samples = read_wav_samples(path)
+    wav = WavSamples(path)
+    samples = wav[0 : len(wav)].astype(np.float32) / np.float32(32768)
+    wav.close()
     with tf.summary.create_file_writer(str(Path(folder) / "preview")).as_default(step=epoch):
         tf.summary.audio("preview", samples[None, :, None], SAMPLE_RATE, step=epoch)
         for key in ("pitch_clarity", "onsets_per_s", "movement", "spectral_distance",
                     "last_second_db", "longest_verbatim_s"):
             tf.summary.scalar(f"preview/{key}", figures[key], step=epoch)
-
-
-def read_wav_samples(path):
-    """One of our own 16-bit WAVs as float32 in [-1, 1]."""
-    from scipy.io import wavfile
-
-    rate, samples = wavfile.read(path)
-    return rate, samples.astype(np.float32) / np.float32(32768)
 
 
 def reload_last_checkpoint(model, cache_dir):

@@ -52,12 +52,17 @@ def music_of(tmp_path, seconds):
     return music
 
 
+def train_on_disk(tmp_path, disk, seconds):
+    """A tiny first run with its traindata folder on `disk`: (music, traindata, result)."""
+    music = music_of(tmp_path, seconds)
+    cache = disk / "train"
+    return music, cache, run_cli("-d", music, "-t", cache, "-e", "1", *TINY,
+                                 "-o", tmp_path / "out", cwd=tmp_path)
+
+
 def test_the_cache_on_a_full_disk_keeps_the_previous_one(mc, tmp_path, small_disk):
     disk = small_disk(4096)
-    music = music_of(tmp_path, 5.0)
-    cache = disk / "train"
-    first = run_cli("-d", music, "-t", cache, "-e", "1", *TINY, "-o", tmp_path / "out",
-                    cwd=tmp_path)
+    music, cache, first = train_on_disk(tmp_path, disk, 5.0)
     manifest = (cache / mc.CACHE_MANIFEST).read_text() if first.returncode == 0 else None
     if manifest is None:  # the checkpoint did not fit beside it: build the cache alone
         mc.prepare_cache(music, cache)
@@ -76,10 +81,7 @@ def test_the_cache_on_a_full_disk_keeps_the_previous_one(mc, tmp_path, small_dis
 
 def test_a_checkpoint_on_a_full_disk_keeps_the_last_one(mc, tmp_path, small_disk):
     disk = small_disk(16384)
-    music = music_of(tmp_path, 8.0)
-    cache = disk / "train"
-    first = run_cli("-d", music, "-t", cache, "-e", "1", *TINY, "-o", tmp_path / "out",
-                    cwd=tmp_path)
+    music, cache, first = train_on_disk(tmp_path, disk, 8.0)
     assert first.returncode == 0, first.stderr
     checkpoint = (cache / mc.CHECKPOINT_NAME).read_bytes()
     used_kb = int(subprocess.run(["du", "-sk", str(disk)], capture_output=True, text=True)
