@@ -54,7 +54,8 @@ BLOCK_SIZE = 11_025  # samples per frame: 0.25 s at 44.1 kHz, as in the original
 NUM_BINS = BLOCK_SIZE // 2 + 1  # rfft bins of one block: 5 513
 NUM_FEATURES = 2 * NUM_BINS  # 11 026: a block's real and imaginary parts, or the magnitudes
 # of a 0.5 s window (2 * BLOCK_SIZE // 2 + 1 bins): the same width, so the same network
-WINDOW_FRAMES = 4  # frames in one training sequence and in a seed: 1 s
+WINDOW_FRAMES = 4  # frames in the original's training windows and seeds (1 s): the shortest
+SEQUENCE_SECONDS = 8.0  # default length of a training sequence and a seed (--sequence-seconds)
 FRAMES_PER_SECOND = SAMPLE_RATE / BLOCK_SIZE  # 4.0
 STD_FLOOR = 1e-8  # smallest standard deviation used to normalise a feature
 VALIDATION_FRACTION = 0.1  # the last tenth of each file is held out for val_loss
@@ -105,6 +106,9 @@ class Config:
     temperature: float = SAMPLING[DEFAULT_FRAMES]["temperature"]  # scale of sampled errors
     synthesis: str = DEFAULT_SYNTHESIS[DEFAULT_FRAMES]  # how frames sound: a key of SYNTHESES
     copy_limit: float = COPY_LIMIT_SECONDS  # seconds, >= 0.25: longest verbatim stretch (grains)
+    head: str | None = None  # what the network predicts, a key of HEADS; None: the checkpoint's,
+    # or DEFAULT_HEAD for a new model
+    sequence_seconds: float = SEQUENCE_SECONDS  # length of a training sequence (and of a seed)
     tensorboard: Path | None = None  # folder of TensorBoard logs; None: none written
     preview_every: int = 0  # write a short preview piece every this many epochs; 0: never
     gpus: int | None = None  # train on at most this many GPUs; None: every visible one
@@ -1237,23 +1241,30 @@ def check_dataset_folder(dataset_dir):
 
 
 # -----------------------------------------------------------------------------
-# Training windows: 4 consecutive frames in, the same 4 shifted one frame later out
+# Training sequences: L consecutive frames in, the same L shifted one frame later out, the loss
+# at every step. Long sequences (8 s by default) let the network learn in the state it carries
+# while generating; a new one starts every L / 4 frames, so each frame is a target about as often
+# as with the original's 1 s windows that started at every frame, and an epoch costs the same.
+
+TARGET_REPEATS = 4  # how many training sequences each frame is a target in
 
 
-def split_windows(file_starts, validation_fraction=VALIDATION_FRACTION):
-    """Start indices of training and validation windows; no window crosses a file boundary.
+def split_windows(file_starts, length=WINDOW_FRAMES, stride=1,
+                  validation_fraction=VALIDATION_FRACTION):
+    """Start indices of training and validation sequences of `length` frames, one every `stride`
+    frames; no sequence crosses a file boundary.
 
-    Each file's last tenth (at least WINDOW_FRAMES + 1 frames) is held out for validation,
-    when the file is long enough to keep a training window as well. When no file is, the last
-    file that holds a window is held out whole instead.
+    Each file's last tenth (at least length + 1 frames) is held out for validation, when the
+    file is long enough to keep a training sequence as well. When no file is, the last file
+    that holds a sequence is held out whole instead.
     """
-    span = WINDOW_FRAMES + 1  # frames one window touches, its target included
+    span = length + 1  # frames one sequence touches, its last target included
     train, validation = [], []
     for start, end in zip(file_starts[:-1], file_starts[1:]):
         held_out = max(span, int(round((end - start) * validation_fraction)))
         split = end - held_out if end - start >= 2 * span else end
-        train.append(np.arange(start, split - span + 1))
-        validation.append(np.arange(split, end - span + 1))
+        train.append(np.arange(start, split - span + 1, stride))
+        validation.append(np.arange(split, end - span + 1, stride))
     if not any(len(part) for part in validation):
         with_windows = [index for index, part in enumerate(train) if len(part)]
         if len(with_windows) >= 2:
@@ -1262,12 +1273,25 @@ def split_windows(file_starts, validation_fraction=VALIDATION_FRACTION):
             np.concatenate(validation).astype(np.int64))
 
 
-def gather_windows(frames, window_starts):
-    """(batch,) starts -> inputs and targets, each (batch, WINDOW_FRAMES, NUM_FEATURES)."""
+def sequence_length(file_starts, seconds):
+    """Frames in a training sequence: `seconds` of music, halved while the music is too short
+    to give both training and validation sequences that long (down to WINDOW_FRAMES)."""
+    length = max(WINDOW_FRAMES, int(round(seconds * FRAMES_PER_SECOND)))
+    while length > WINDOW_FRAMES and not all(map(len, split_windows(file_starts, length))):
+        length = max(WINDOW_FRAMES, length // 2)
+    return length
+
+
+def training_stride(length):
+    return max(1, length // TARGET_REPEATS)
+
+
+def gather_windows(frames, window_starts, length=WINDOW_FRAMES):
+    """(batch,) starts -> inputs and targets, each (batch, length, NUM_FEATURES)."""
     order = np.argsort(window_starts)  # reading the memory map in order is kinder to the disk
-    rows = window_starts[order][:, None] + np.arange(WINDOW_FRAMES + 1)
-    windows = np.empty((len(window_starts), WINDOW_FRAMES + 1, frames.shape[1]), np.float32)
-    windows[order] = frames[rows.ravel()].reshape(len(window_starts), WINDOW_FRAMES + 1, -1)
+    rows = window_starts[order][:, None] + np.arange(length + 1)
+    windows = np.empty((len(window_starts), length + 1, frames.shape[1]), np.float32)
+    windows[order] = frames[rows.ravel()].reshape(len(window_starts), length + 1, -1)
     return windows[:, :-1], windows[:, 1:]
 
 
@@ -1297,6 +1321,7 @@ def import_keras():
     import keras
 
     register_fused_adam(keras)
+    register_mixture_loss(keras)
     return keras
 
 
@@ -1387,7 +1412,117 @@ class native_stderr_silenced:
         os.close(self.saved)
 
 
-def build_model(num_features, hidden_neurons, hidden_layers):
+# What the network predicts. A point head predicts the frame itself: trained by mean squared
+# error (the original's) it predicts the average of the futures it cannot tell apart, a blurred
+# spectrum; by mean absolute error, their median. The mixture head predicts a distribution over
+# the next frame, which generation samples: one plausible future rather than their average.
+
+HEADS = {"average": "a frame: the average of the likely next frames (mean squared error, the "
+                    "original's)",
+         "median": "a frame: their median (mean absolute error)",
+         "mixture": "a mixture of Gaussians over the next frame, sampled when generating"}
+DEFAULT_HEAD = {"magnitude": "mixture", "plain": "average"}
+MIXTURE_COMPONENTS = 4  # Gaussians in the mixture head
+LOG_SCALE_LIMITS = (-7.0, 7.0)  # a component's log standard deviation is kept within these
+
+
+class PointHead:
+    """The output is the predicted frame; sampling adds one of the network's real errors."""
+
+    def __init__(self, name):
+        self.name, self.components = name, 1
+        self.loss = {"average": "mse", "median": "mae"}[name]
+
+    def outputs(self, num_features):
+        return num_features
+
+    def mode(self, outputs):
+        return outputs
+
+    def sampling(self, predict_next, errors, temperature, rng):
+        return with_sampled_errors(predict_next, errors, temperature, rng)
+
+
+class MixtureHead:
+    """The output is a mixture of `components` Gaussians over the normalised frame, each with
+    one standard deviation for all its features: K logits, K log standard deviations, then K
+    mean frames, (..., K * (features + 2)). Trained by the negative log-likelihood of the real
+    next frame (mixture_nll), each component becomes one distinct future and its logit how
+    likely it is, instead of one average of them all."""
+
+    name, loss = "mixture", "music_composer>mixture_nll"
+
+    def __init__(self, components=MIXTURE_COMPONENTS):
+        self.components = components
+
+    def outputs(self, num_features):
+        return self.components * (num_features + 2)
+
+    def split(self, outputs):  # (..., K (F + 2)) -> logits (..., K), log_stds (..., K), (..., K, F)
+        k = self.components
+        means = outputs[..., 2 * k :].reshape(*outputs.shape[:-1], k, -1)
+        return outputs[..., :k], np.clip(outputs[..., k : 2 * k], *LOG_SCALE_LIMITS), means
+
+    def mode(self, outputs):
+        """The mean of the most likely component: (..., features)."""
+        logits, _, means = self.split(outputs)
+        return np.take_along_axis(means, logits.argmax(-1)[..., None, None], -2)[..., 0, :]
+
+    def sample(self, outputs, temperature, rng):
+        """(pieces, outputs) -> (pieces, features): a component drawn with probabilities
+        softmax(logits / T), and its mean plus T times its own spread of Gaussian noise. T = 0
+        is the mode; T = 1 samples the distribution the network learned."""
+        if temperature == 0:
+            return self.mode(outputs)
+        logits, log_stds, means = self.split(outputs)
+        scaled = logits / temperature
+        chances = np.exp(scaled - scaled.max(-1, keepdims=True))
+        chances /= chances.sum(-1, keepdims=True)
+        rows = np.arange(len(outputs))
+        chosen = (rng.random((len(outputs), 1)) > chances.cumsum(-1)).sum(-1)
+        chosen = np.minimum(chosen, self.components - 1)
+        noise = rng.standard_normal(means.shape[::2], np.float32)
+        return (means[rows, chosen] + temperature * np.exp(log_stds[rows, chosen])[:, None]
+                * noise).astype(np.float32)
+
+    def sampling(self, predict_next, errors, temperature, rng):
+        return lambda frames: self.sample(predict_next(frames), temperature, rng)
+
+
+def make_head(name, components=MIXTURE_COMPONENTS):
+    return MixtureHead(components) if name == "mixture" else PointHead(name)
+
+
+def head_of(model):
+    """The head a model was built with, read from its output layer and loss."""
+    features = model.get_layer("project_in").input.shape[-1]
+    outputs = model.get_layer("project_out").units
+    if outputs == features:
+        return PointHead("median" if model.loss in ("mae", "mean_absolute_error") else "average")
+    return MixtureHead(outputs // (features + 2))
+
+
+def register_mixture_loss(keras):
+    """mixture_nll, registered so that checkpoints load."""
+    if keras.saving.get_registered_object("music_composer>mixture_nll") is not None:
+        return
+    ops = keras.ops
+
+    @keras.saving.register_keras_serializable(package="music_composer", name="mixture_nll")
+    def mixture_nll(targets, outputs):
+        """-log p(target) under MixtureHead's mixture, per feature: (batch, time)."""
+        features = targets.shape[-1]
+        k = outputs.shape[-1] // (features + 2)
+        log_stds = ops.clip(outputs[..., k : 2 * k], *LOG_SCALE_LIMITS)
+        squared = ops.stack([ops.sum(ops.square(
+            targets - outputs[..., 2 * k + j * features : 2 * k + (j + 1) * features]), axis=-1)
+            for j in range(k)], axis=-1)  # (batch, time, K): one component at a time, no copy
+        log_p = (ops.log_softmax(outputs[..., :k], axis=-1) - features * log_stds
+                 - 0.5 * squared * ops.exp(-2.0 * log_stds))
+        return -ops.logsumexp(log_p, axis=-1) / features + 0.5 * math.log(2 * math.pi)
+
+
+def build_model(num_features, hidden_neurons, hidden_layers, head=None):
     keras = import_keras()
     layers = keras.layers
     # Dense on a (batch, time, features) input acts on each time step alone: it is the
@@ -1398,22 +1533,28 @@ def build_model(num_features, hidden_neurons, hidden_layers):
     for index in range(hidden_layers):
         # Default activations and no recurrent dropout keep TensorFlow's cuDNN LSTM on a GPU.
         x = layers.LSTM(hidden_neurons, return_sequences=True, name=f"lstm_{index}")(x)
-    next_frames = layers.Dense(num_features, name="project_out")(x)  # (batch, time, features)
+    head = head or PointHead("average")
+    next_frames = layers.Dense(head.outputs(num_features), name="project_out")(x)  # per step
     model = keras.Model(frames, next_frames, name="music_composer")
     # Adam adapts each weight's step size, reaching a lower loss in far fewer epochs than the
     # original's Adadelta; clipping the gradient norm guards the LSTMs against blow-ups.
     optimizer = keras.saving.get_registered_object("music_composer>FusedAdam")
-    model.compile(optimizer=optimizer(learning_rate=1e-3, clipnorm=1.0), loss="mse")
+    loss = keras.saving.get_registered_object(head.loss) or head.loss  # ours, or Keras's name
+    model.compile(optimizer=optimizer(learning_rate=1e-3, clipnorm=1.0), loss=loss)
     return use_fastest_lstm_kernel(model, gpu_available())
 
 
-def use_fastest_lstm_kernel(model, on_gpu):
-    """Training windows always hold 4 frames. On a GPU, unroll=False lets TensorFlow run the
-    cuDNN kernel; on a CPU, unrolling the 4 steps skips the while-loop's bookkeeping, about a
-    fifth of a training step. Only the way of computing changes, not the numbers."""
+UNROLL_UP_TO = 32  # frames: longer training sequences run the LSTMs in a loop on a CPU
+
+
+def use_fastest_lstm_kernel(model, on_gpu, length=WINDOW_FRAMES):
+    """On a GPU, unroll=False lets TensorFlow run the cuDNN kernel. On a CPU, unrolling the
+    steps skips the while-loop's bookkeeping: a fifth of a training step with 4 frames, a tenth
+    with 32 (measured at the default size); much longer sequences would only make a huge graph.
+    Only the way of computing changes, not the numbers."""
     for layer in model.layers:
         if layer.name.startswith("lstm_"):
-            layer.unroll = not on_gpu
+            layer.unroll = not on_gpu and length <= UNROLL_UP_TO
     return model
 
 
@@ -1429,11 +1570,13 @@ def model_shape(model):
     return lstms[0].units, len(lstms)
 
 
-def count_parameters(num_features, hidden_neurons, hidden_layers):
-    """Parameters of build_model's network, by formula (no TensorFlow needed)."""
+def count_parameters(num_features, hidden_neurons, hidden_layers, outputs=None):
+    """Parameters of build_model's network, by formula (no TensorFlow needed); outputs: the
+    head's (default: a frame)."""
+    outputs = outputs or num_features
     project_in = num_features * hidden_neurons + hidden_neurons
     lstm = 4 * (2 * hidden_neurons * hidden_neurons + hidden_neurons)
-    project_out = hidden_neurons * num_features + num_features
+    project_out = hidden_neurons * outputs + outputs
     return project_in + hidden_layers * lstm + project_out
 
 
@@ -1483,6 +1626,16 @@ def check_checkpoint_shape(path, metadata, hidden_neurons, hidden_layers):
             f"train a new one. The checkpoint was not changed.")
 
 
+def check_checkpoint_head(path, metadata, head):
+    saved = metadata.get("head", "average")  # before --head, every network predicted averages
+    if head is not None and saved != head:
+        raise UserError(
+            f"The checkpoint {path} holds a network that predicts {HEADS[saved]}, but this run "
+            f"asks for --head {head}. Run with --head {saved} (or without --head) to continue or "
+            f"use that model, or give another -t/--traindata-folder-path to train a new one. The "
+            f"checkpoint was not changed.")
+
+
 def save_checkpoint(path, model, metadata, mean, std):
     """Write model + metadata to a temporary file, then rename it over `path` in one step."""
     path = Path(path)
@@ -1518,7 +1671,8 @@ def load_checkpoint_model(path):
 # Training
 
 
-def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.0, multiple=1):
+def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.0, multiple=1,
+                 length=WINDOW_FRAMES):
     """A keras.utils.PyDataset over the memory-mapped frames: nothing loaded whole.
 
     multiple: every batch holds a multiple of this many windows (the devices training together,
@@ -1545,7 +1699,8 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
         def __getitem__(self, index):
             usable = len(window_starts) - len(window_starts) % multiple
             inputs, targets = gather_windows(
-                frames, self.order[index * batch_size : min((index + 1) * batch_size, usable)])
+                frames, self.order[index * batch_size : min((index + 1) * batch_size, usable)],
+                length)
             if input_noise:  # seeded per batch: repeatable whichever thread asks
                 noise_rng = np.random.default_rng((self.noise_seed, self.epoch, index))
                 # A new array: inputs and targets are views of the same windows.
@@ -1616,12 +1771,19 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, interrupted=lambda:
 def train(model, cache, metadata, config, rng, replicas=1):
     """Train config.epochs more epochs; return the model to generate with. With several
     replicas, each takes config.batch_size windows a step: the global batch is their sum."""
-    train_starts, validation_starts = split_windows(cache.file_starts)
+    length = sequence_length(cache.file_starts, config.sequence_seconds)
+    train_starts, validation_starts = split_windows(cache.file_starts, length,
+                                                    training_stride(length))
     if len(train_starts) == 0 or len(validation_starts) == 0:
         raise UserError(minimum_music_message(cache.file_starts))
+    if length < round(config.sequence_seconds * FRAMES_PER_SECOND):
+        say(f"The music is too short for training sequences of {config.sequence_seconds:g} s: "
+            f"training on sequences of {length / FRAMES_PER_SECOND:g} s.")
+    metadata["sequence_frames"] = length
+    use_fastest_lstm_kernel(model, gpu_available(), length)
     batch_size = config.batch_size * replicas
-    say(f"Training on {len(train_starts)} windows, validating on {len(validation_starts)}, "
-        f"batch size {config.batch_size}"
+    say(f"Training on {len(train_starts)} sequences of {length / FRAMES_PER_SECOND:g} s, "
+        f"validating on {len(validation_starts)}, batch size {config.batch_size}"
         + (f" on each of {replicas} devices ({batch_size} a step)." if replicas > 1 else "."))
     start_epoch = metadata["epochs_done"]
     with StopOnCtrlC(model) as ctrl_c:
@@ -1629,9 +1791,9 @@ def train(model, cache, metadata, config, rng, replicas=1):
                                             interrupted=lambda: ctrl_c.requested)
         model.fit(make_batches(cache.frames, train_starts, batch_size, rng, shuffle=True,
                                input_noise=SAMPLING[config.frames]["input_noise"],
-                               multiple=replicas),
+                               multiple=replicas, length=length),
                   validation_data=make_batches(cache.frames, validation_starts, batch_size, rng,
-                                               shuffle=False, multiple=replicas),
+                                               shuffle=False, multiple=replicas, length=length),
                   initial_epoch=start_epoch, epochs=start_epoch + config.epochs,
                   callbacks=[callback, *watching_callbacks(cache, metadata, config)],
                   verbose=1 if sys.stdout.isatty() else 0)
@@ -1687,7 +1849,8 @@ def write_preview(model, cache, config, epoch):
     path = config.cache_dir / f"preview-epoch-{epoch}.wav"
     if any(os.path.lexists(path.with_suffix(suffix)) for suffix in (".wav", ".json")):
         path = output_paths(path.with_suffix(""), 1)[0]  # never over an earlier run's preview
-    seed = denormalise(np.asarray(cache.frames[None, :WINDOW_FRAMES]), cache.mean, cache.std)
+    length = min(seed_length(cache, config), int(cache.file_starts[1]))
+    seed = denormalise(np.asarray(cache.frames[None, :length]), cache.mean, cache.std)
     say(f"Preview after epoch {epoch}:")
     synthesis = sound_pieces(model, cache, config, cache.mean, cache.std,
                              np.random.default_rng(epoch), seed, [path], PREVIEW_SECONDS)
@@ -1705,7 +1868,7 @@ def log_preview(folder, path, figures, epoch):
     wav.close()
     with tf.summary.create_file_writer(str(Path(folder) / "preview")).as_default(step=epoch):
         tf.summary.audio("preview", samples[None, :, None], SAMPLE_RATE, step=epoch)
-        for key in ("pitch_clarity", "onsets_per_s", "movement", "spectral_distance",
+        for key in ("pitch_clarity", "onsets_per_s", "structure", "movement", "spectral_distance",
                     "last_second_db", "longest_verbatim_s"):
             tf.summary.scalar(f"preview/{key}", figures[key], step=epoch)
 
@@ -1731,11 +1894,12 @@ def describe_device(devices=()):
     return f"CPU ({os.cpu_count()} cores; no GPU visible)"
 
 
-def new_metadata(config, cache):
+def new_metadata(config, cache, head):
     return {"version": CHECKPOINT_VERSION, "hidden_neurons": config.hidden_neurons,
             "hidden_layers": config.hidden_layers, "block_size": BLOCK_SIZE,
             "sample_rate": SAMPLE_RATE, "num_features": NUM_FEATURES,
             "window_frames": WINDOW_FRAMES, "frame": config.frames, "epochs_done": 0,
+            "head": head.name, "head_components": head.components,
             "cache_fingerprint": cache.fingerprint, "train_rms_db": cache.rms_db,
             "batch_size": config.batch_size, "history": []}
 
@@ -1743,9 +1907,10 @@ def new_metadata(config, cache):
 def prepare_model(config, cache, checkpoint):
     """A new model, or the checkpoint's, ready to train; and the metadata to save with it."""
     if checkpoint is None:
-        say("No checkpoint yet: starting a new model.")
-        return build_model(NUM_FEATURES, config.hidden_neurons, config.hidden_layers), \
-            new_metadata(config, cache)
+        head = make_head(config.head or DEFAULT_HEAD[config.frames])
+        say(f"No checkpoint yet: starting a new model that predicts {HEADS[head.name]}.")
+        return build_model(NUM_FEATURES, config.hidden_neurons, config.hidden_layers, head), \
+            new_metadata(config, cache, head)
     path, metadata, _, _ = checkpoint
     model = load_checkpoint_model(path)
     say(f"Resuming from {path} after epoch {metadata['epochs_done']}.")
@@ -1819,16 +1984,18 @@ def generate(predict_next, seeds, num_frames):
         next_frames = predict_next(next_frames)
 
 
-def prediction_errors(model, cache, rng, count=256):
+def prediction_errors(model, cache, rng, count=256, with_errors=True):
     """What the network gets wrong on music it was not trained on: target minus prediction for
     the last frame of up to `count` validation windows, (count, features), normalised; and
-    those targets, real frames of music."""
+    those targets, real frames of music. with_errors=False: only the targets (errors None)."""
     _, validation_starts = split_windows(cache.file_starts)
     if len(validation_starts) == 0:
         return np.zeros((1, NUM_FEATURES), np.float32), np.zeros((1, NUM_FEATURES), np.float32)
     chosen = np.sort(rng.choice(validation_starts, size=min(count, len(validation_starts)),
                                 replace=False))
     inputs, targets = gather_windows(cache.frames, chosen)
+    if not with_errors:
+        return None, targets[:, -1]
     # Direct calls rather than model.predict, whose input pipeline can swallow a Ctrl-C.
     predictions = np.concatenate([np.asarray(model(inputs[start : start + 32], training=False))
                                   for start in range(0, len(inputs), 32)])
@@ -1868,37 +2035,43 @@ def within_music_levels(predict_next, music_frames):
     return predict
 
 
-def pick_seeds(frames, file_starts, count, rng):
-    """`count` different random windows of WINDOW_FRAMES frames, none crossing files."""
-    starts = np.concatenate([np.arange(start, end - WINDOW_FRAMES + 1)
+def seed_length(cache, config):
+    """Frames in a seed: a training sequence's, so the seed warms the state up as training did."""
+    return sequence_length(cache.file_starts, config.sequence_seconds)
+
+
+def pick_seeds(frames, file_starts, count, rng, length=WINDOW_FRAMES):
+    """`count` different random clips of `length` frames, none crossing files."""
+    starts = np.concatenate([np.arange(start, end - length + 1)
                              for start, end in zip(file_starts[:-1], file_starts[1:])])
     if len(starts) == 0:
-        raise UserError(f"No file is long enough for a seed of {WINDOW_FRAMES} blocks "
-                        f"({WINDOW_FRAMES / FRAMES_PER_SECOND:.0f} s).")
+        raise UserError(f"No file is long enough for a seed of {length} blocks "
+                        f"({length / FRAMES_PER_SECOND:g} s).")
     chosen = rng.choice(starts, size=count, replace=count > len(starts))
-    return np.stack([frames[start : start + WINDOW_FRAMES] for start in chosen])
+    return np.stack([frames[start : start + length] for start in chosen])
 
 
-def seed_frames(ending, kind):
-    """The last second of a seed's audio as WINDOW_FRAMES raw frames of the given kind. Magnitude
+def seed_frames(ending, kind, count=WINDOW_FRAMES):
+    """The last `count` blocks of a seed's audio as raw frames of the given kind. Magnitude
     windows reach a block further back, so the last one ends where the audio ends."""
     if kind == "plain":
-        return frames_from_blocks(ending[-WINDOW_FRAMES * BLOCK_SIZE:].reshape(WINDOW_FRAMES, -1))
+        return frames_from_blocks(ending[-count * BLOCK_SIZE:].reshape(count, -1))
     from scipy import fft
 
-    needed = (WINDOW_FRAMES + 1) * BLOCK_SIZE
+    needed = (count + 1) * BLOCK_SIZE
     ending = np.concatenate([np.zeros(max(needed - len(ending), 0), np.float32), ending])[-needed:]
     windows = np.lib.stride_tricks.sliding_window_view(ending, WINDOW_SIZE)[::BLOCK_SIZE]
     spectra = fft.rfft(windows * sqrt_hann(), axis=-1)
     return np.log(np.abs(spectra) + MAGNITUDE_FLOOR).astype(np.float32)
 
 
-def read_seed_wavs(paths, kind):
-    """--seed-wav files -> their last second as raw frames (pieces, WINDOW_FRAMES, features), the
-    last SEED_PREFIX_SECONDS of each, which starts its piece, and the last 0.5 s, which starts
-    the phase of magnitude frames. Read before any training, so that a bad file costs nothing."""
+def read_seed_wavs(paths, kind, seconds=WINDOW_FRAMES / FRAMES_PER_SECOND):
+    """--seed-wav files -> their last `seconds` (or as much as the shortest file has, at least
+    1 s) as raw frames (pieces, seed_frames, features), the last SEED_PREFIX_SECONDS of each,
+    which starts its piece, and the last 0.5 s, which starts the phase of magnitude frames.
+    Read before any training, so that a bad file costs nothing."""
     seed_samples = WINDOW_FRAMES * BLOCK_SIZE  # 1 s
-    frames, prefixes, endings = [], [], []
+    audios, prefixes, endings = [], [], []
     for path in paths:
         try:
             audio, _ = read_audio(Path(path))
@@ -1907,9 +2080,12 @@ def read_seed_wavs(paths, kind):
         if len(audio) < seed_samples:
             raise UserError(f"--seed-wav {path} is {len(audio) / SAMPLE_RATE:.2f} s long; a seed "
                             f"needs at least {seed_samples / SAMPLE_RATE:.0f} s of music.")
-        frames.append(seed_frames(audio[-(seed_samples + BLOCK_SIZE):], kind))
+        audios.append(audio)
         prefixes.append(audio[-int(SEED_PREFIX_SECONDS * SAMPLE_RATE):])
         endings.append(audio[-WINDOW_SIZE:])
+    count = min([round(seconds * FRAMES_PER_SECOND)] + [len(a) // BLOCK_SIZE for a in audios])
+    count = max(count, WINDOW_FRAMES)
+    frames = [seed_frames(audio[-(count + 1) * BLOCK_SIZE:], kind, count) for audio in audios]
     return np.stack(frames), prefixes, np.stack(endings)
 
 
@@ -2146,6 +2322,23 @@ def movement_of(second_means):
     return float(second_means.std(axis=0).mean()) if len(second_means) >= 2 else 0.0
 
 
+STRUCTURE_LAGS = range(2, 9)  # seconds apart at which the structure figure compares a piece
+
+
+def structure_of(second_means):
+    """How a piece returns to what it played 2-8 s before: the correlation of each second's
+    log-mel spectrum with the one `lag` seconds later (both less the piece's mean spectrum),
+    averaged over the seconds, at the lag where it is highest (a phrase repeats at its own
+    length, and anti-correlates half-way). A piece that repeats phrases or a chord sequence
+    scores high; a wander that never comes back, or noise, near 0."""
+    centred = second_means - second_means.mean(axis=0)
+    norms = np.maximum(np.linalg.norm(centred, axis=1), 1e-9)
+    values = [float(np.mean(np.einsum("ij,ij->i", centred[:-lag], centred[lag:])
+                            / (norms[:-lag] * norms[lag:])))
+              for lag in STRUCTURE_LAGS if len(centred) > lag]
+    return max(values) if values else math.nan
+
+
 def click_ratio(samples, block_size=BLOCK_SIZE, neighbours=4):
     """Mean absolute sample-to-sample jump at block boundaries over the mean jump elsewhere:
     1.0 when the joins are as smooth as the rest, far above 1 when every join clicks.
@@ -2266,10 +2459,18 @@ class MusicReference:
 
     def movement(self, seconds):
         """The training music's movement in pieces of `seconds` (whole files when shorter)."""
-        figures = [movement_of(means[start : start + seconds])
+        return self.over_pieces(movement_of, seconds)
+
+    def structure(self, seconds):
+        """The training music's structure figure in pieces of `seconds`."""
+        return self.over_pieces(structure_of, seconds)
+
+    def over_pieces(self, figure, seconds):
+        figures = [figure(means[start : start + seconds])
                    for means in self.second_means
                    for start in range(0, max(len(means) - seconds, 0) + 1, seconds)
                    if len(means[start : start + seconds]) >= 2]
+        figures = [value for value in figures if not math.isnan(value)]
         return float(np.mean(figures)) if figures else math.nan
 
 
@@ -2297,7 +2498,9 @@ def measure_piece(samples, reference, scale=1.0):
             "pitch_clarity": float(clear / audible) if audible else math.nan,
             "music_pitch_clarity": reference.pitch_clarity,
             "onsets_per_s": stats.onsets() / seconds if seconds else math.nan,
-            "music_onsets_per_s": reference.onset_rate}
+            "music_onsets_per_s": reference.onset_rate,
+            "structure": structure_of(stats.second_means()),
+            "music_structure": reference.structure(len(samples) // SAMPLE_RATE)}
 
 
 class WavSamples:
@@ -2347,7 +2550,8 @@ def report_piece(path, reference, skip_seconds, copied):
         f"{figures['last_second_db']:.1f} dB | clicks {figures['clicks']:.2f} | "
         f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f} | "
         f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | "
-        f"{figures['onsets_per_s']:.1f} notes/s | verbatim: longest "
+        f"{figures['onsets_per_s']:.1f} notes/s | structure {figures['structure']:.2f} | "
+        f"verbatim: longest "
         f"{figures['longest_verbatim_s']:.2f} s, {100 * figures['verbatim_2s_share']:.0f}% "
         f"in stretches of 2 s or more")
     return figures
@@ -2365,9 +2569,11 @@ def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds
         synthesis.prime_with_audio(endings)
     with QuitAtSafePoints() as ctrl_c:
         predict_next, music_frames = make_step_function(model, len(raw_seeds)), None
-        if config.temperature or config.frames == "magnitude":
-            errors, music_frames = prediction_errors(model, cache, rng)
-            predict_next = with_sampled_errors(predict_next, errors, config.temperature, rng)
+        head = head_of(model)
+        if config.temperature or config.frames == "magnitude" or head.name == "mixture":
+            errors, music_frames = prediction_errors(model, cache, rng,
+                                                     with_errors=head.name != "mixture")
+            predict_next = head.sampling(predict_next, errors, config.temperature, rng)
         predict_next = synthesis.steer(predict_next, music_frames)
         write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, seconds,
                      paths, synthesis, prefixes, ctrl_c)
@@ -2381,11 +2587,13 @@ def compose(model, cache, config, mean, std, rng, seed_wavs=None):
         say(f"Continuing {len(prefixes)} piece(s) of your own for {config.seconds} s each; every "
             f"file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed.")
     else:
+        length = seed_length(cache, config)
         raw_seeds, prefixes = denormalise(pick_seeds(cache.frames, cache.file_starts,
-                                                     config.num_pieces, rng),
+                                                     config.num_pieces, rng, length),
                                           cache.mean, cache.std), None
         say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
-            f"1 s clips of the training music, sounded as {config.synthesis}...")
+            f"{length / FRAMES_PER_SECOND:g} s clips of the training music, sounded as "
+            f"{config.synthesis}...")
     paths = output_paths(config.output_name, len(raw_seeds))
     synthesis = sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths,
                              config.seconds, prefixes, None if seed_wavs is None else endings)
@@ -2564,16 +2772,18 @@ def format_bytes(count):
         count /= 1000
 
 
-def training_memory_bytes(hidden_neurons, hidden_layers, batch_size):
+def training_memory_bytes(hidden_neurons, hidden_layers, batch_size, length=WINDOW_FRAMES,
+                          outputs=NUM_FEATURES):
     """A floor on training memory: float32 weights, gradients and Adam's two moments, plus
-    the activations of one batch."""
-    parameters = count_parameters(NUM_FEATURES, hidden_neurons, hidden_layers)
-    per_window = (WINDOW_FRAMES + 1) * (8 * NUM_FEATURES + 12 * hidden_neurons * hidden_layers)
+    the activations of one batch of sequences of `length` frames."""
+    parameters = count_parameters(NUM_FEATURES, hidden_neurons, hidden_layers, outputs)
+    per_window = (length + 1) * (6 * NUM_FEATURES + 2 * outputs
+                                 + 12 * hidden_neurons * hidden_layers)
     return 4 * (4 * parameters + batch_size * per_window)
 
 
-def generation_memory_bytes(hidden_neurons, hidden_layers, num_pieces):
-    parameters = count_parameters(NUM_FEATURES, hidden_neurons, hidden_layers)
+def generation_memory_bytes(hidden_neurons, hidden_layers, num_pieces, outputs=NUM_FEATURES):
+    parameters = count_parameters(NUM_FEATURES, hidden_neurons, hidden_layers, outputs)
     per_piece = (8 * NUM_FEATURES + 4 * BLOCK_SIZE + 4 * hidden_neurons * hidden_layers
                  + 8 * WINDOW_SIZE)  # the phase rebuilding's spectra and windows
     error_bank = 2 * 256 * (WINDOW_FRAMES + 1) * NUM_FEATURES  # prediction_errors' windows
@@ -2586,14 +2796,16 @@ def output_bytes(seconds, num_pieces):
 
 def check_resources(config, total_memory, free_disk):
     """Refuse at once what could only fail hours later: too little memory or disk."""
+    outputs = make_head(config.head or DEFAULT_HEAD[config.frames]).outputs(NUM_FEATURES)
     if config.epochs > 0:
         memory = training_memory_bytes(config.hidden_neurons, config.hidden_layers,
-                                       config.batch_size)
+                                       config.batch_size,
+                                       round(config.sequence_seconds * FRAMES_PER_SECOND), outputs)
         asked, advice = (f"-n {config.hidden_neurons} -l {config.hidden_layers} "
                          f"-b {config.batch_size}"), "a smaller -n, -l or -b"
     else:
         memory = generation_memory_bytes(config.hidden_neurons, config.hidden_layers,
-                                         config.num_pieces)
+                                         config.num_pieces, outputs)
         asked, advice = f"-g {config.num_pieces}", "a smaller -g"
     if total_memory is not None and memory > total_memory:
         raise UserError(f"{asked} needs at least {format_bytes(memory)} of memory, but this "
@@ -2658,6 +2870,7 @@ def number_between(low, high, example):
 
 temperature = number_between(0, 4, "0.5")  # the scale of the sampled errors
 copy_limit = number_between(1 / FRAMES_PER_SECOND, 3600, "4")  # seconds: at least one frame
+sequence_seconds = number_between(WINDOW_FRAMES / FRAMES_PER_SECOND, 600, "8")
 
 
 def output_name(text):
@@ -2696,6 +2909,15 @@ def make_parser():
                           help="train on at most N of the visible GPUs; with two or more, "
                                "-b windows go to each GPU every step (default: all; "
                                "CUDA_VISIBLE_DEVICES chooses which are visible)")
+    training.add_argument("--head", choices=list(HEADS),
+                          help="what the network predicts: " + "; ".join(
+                              f"{name}: {text}" for name, text in HEADS.items())
+                          + " (default: the checkpoint's; for a new model mixture, average with "
+                            "--frames plain)")
+    training.add_argument("--sequence-seconds", type=sequence_seconds, metavar="SECONDS",
+                          help=f"length of the music the network learns from at a time (and of "
+                               f"a seed), at least 1; shortened when the music is too short "
+                               f"(default: {SEQUENCE_SECONDS:g}; the original: 1)")
     training.add_argument("--random-seed", type=random_seed,
                           help="make initialisation, shuffling and seeds repeatable on a CPU "
                                "(default: none)")
@@ -2773,7 +2995,9 @@ def config_from_args(args, parser):
                   synthesis=args.synthesis or DEFAULT_SYNTHESIS[frames],
                   copy_limit=COPY_LIMIT_SECONDS if args.copy_limit is None else args.copy_limit,
                   tensorboard=args.tensorboard, preview_every=args.preview_every or 0,
-                  gpus=args.gpus,
+                  gpus=args.gpus, head=args.head,
+                  sequence_seconds=SEQUENCE_SECONDS if args.sequence_seconds is None
+                  else args.sequence_seconds,
                   demo=args.demo)
 
 
@@ -2793,6 +3017,7 @@ def find_checkpoint(config):
     metadata, mean, std = read_checkpoint_metadata(path)
     check_checkpoint_frames(path, metadata, config.frames)
     check_checkpoint_shape(path, metadata, config.hidden_neurons, config.hidden_layers)
+    check_checkpoint_head(path, metadata, config.head)
     return path, metadata, mean, std
 
 
@@ -2818,7 +3043,8 @@ def compose_from_folder(config):
     if config.epochs == 0 and checkpoint is None:
         raise UserError(f"-e 0 generates from a trained model, but there is no checkpoint in "
                         f"{config.cache_dir}. Train first (leave out -e 0).")
-    seed_wavs = read_seed_wavs(config.seed_wavs, config.frames) if config.seed_wavs else None
+    seed_wavs = read_seed_wavs(config.seed_wavs, config.frames, config.sequence_seconds) \
+        if config.seed_wavs else None
     cache = prepare_cache(config.dataset_dir, config.cache_dir, config.frames)
     keras = import_keras()
     if config.random_seed is not None:

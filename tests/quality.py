@@ -137,6 +137,7 @@ def run_tool(train_folder, run_folder, frames, args, temperature=None, variant=N
     for flag, value in options:
         if value is not None:
             command += [flag, str(value)]
+    command += args.tool_flags.split()
     if variant is not None:
         command += variant[1].split()
     print("$ " + " ".join(command), flush=True)
@@ -218,6 +219,9 @@ def summary(reports, held_out_pair, seconds):
             "held_out_pitch_clarity": round(held_out["pitch_clarity"], 3),
             "held_out_rebuilt_pitch_clarity": round(rebuilt["pitch_clarity"], 3),
             "onsets_per_s": round(share("onsets_per_s"), 2),
+            "structure": round(share("structure"), 3),
+            "music_structure": round(reports[0].get("music_structure", float("nan")), 3),
+            "held_out_structure": round(held_out.get("structure", float("nan")), 3),
             "music_onsets_per_s": round(reports[0].get("music_onsets_per_s", float("nan")), 2),
             "held_out_onsets_per_s": round(held_out["onsets_per_s"], 2),
             "longest_verbatim_s": share("longest_verbatim_s"),
@@ -243,11 +247,12 @@ def print_table(results):
     print("held-out: the distance of a held-out piece of the same music; rebuilt: that piece "
           "turned into frames and back, as generation does.")
     print("pitch: share of the time clearly pitched, piece / music / held-out / rebuilt; "
-          "notes/s: onsets per second, piece / music / held-out; verbatim: longest stretch (s) "
+          "notes/s: onsets per second, piece / music / held-out; structure: correlation of the "
+          "1-s spectra 2-8 s apart, piece / music / held-out; verbatim: longest stretch (s) "
           "and share of time in stretches of 2 s or more.")
     header = (f"{'set':<11}{'frames':<10}{'sampling':<10}{'music dB':>9}{'first':>7}{'last':>7}"
               f"{'clicks':>7}{'move':>6}{'distance':>9}{'held-out':>9}{'rebuilt':>8}"
-              f"{'pitch':>22}{'notes/s':>15}{'verbatim':>11}"
+              f"{'pitch':>22}{'notes/s':>15}{'structure':>16}{'verbatim':>11}"
               f"  meet (level/fade/clicks/movement/distance/pitch/copy)")
     print(header)
     for (name, frames, label), figures in results.items():
@@ -257,13 +262,16 @@ def print_table(results):
             "pitch_clarity", "music_pitch_clarity", "held_out_pitch_clarity",
             "held_out_rebuilt_pitch_clarity"))
         verbatim = f"{figures['longest_verbatim_s']:.1f}/{100 * figures['verbatim_2s_share']:.0f}%"
+        structure = "/".join(f"{figures[key]:.2f}" for key in (
+            "structure", "music_structure", "held_out_structure"))
         notes = "/".join(f"{figures[key]:.1f}" for key in (
             "onsets_per_s", "music_onsets_per_s", "held_out_onsets_per_s"))
         print(f"{name:<11}{frames:<10}{label:<10}{figures['music_db']:>9}"
               f"{figures['first_second_db']:>7}{figures['last_second_db']:>7}"
               f"{figures['clicks']:>7}{figures['movement']:>6}"
               f"{figures['spectral_distance']:>9}{figures['held_out_distance']:>9}"
-              f"{figures['held_out_rebuilt_distance']:>8}{pitch:>22}{notes:>15}{verbatim:>11}  "
+              f"{figures['held_out_rebuilt_distance']:>8}{pitch:>22}{notes:>15}{structure:>16}"
+              f"{verbatim:>11}  "
               f"{meet} of {figures['pieces']}")
 
 
@@ -285,6 +293,9 @@ def main():
     parser.add_argument("--variants", action="append", default=[], metavar="NAME=FLAGS",
                         help="also generate from each trained model with these extra flags, "
                              "e.g. 'grains=--synthesis grains' (generation only, -e 0)")
+    parser.add_argument("--tool-flags", default="", metavar="FLAGS",
+                        help="flags for every run of the tool, training included, e.g. "
+                             "'--head average --sequence-seconds 1' (a candidate to compare)")
     parser.add_argument("--script", type=Path, default=SCRIPT,
                         help="the music-composer.py to run (default: this checkout's)")
     parser.add_argument("--reuse", action="store_true",
@@ -347,7 +358,7 @@ def main():
                       flush=True)
     print_table(results)
     settings = {key: getattr(args, key) for key in ("epochs", "neurons", "layers", "pieces",
-                                                    "random_seed")}
+                                                    "random_seed", "tool_flags")}
     (args.work / "quality.json").write_text(json.dumps(
         {"settings": settings, "results": [{"set": name, "frames": frames, "sampling": label,
                                             **figures}
