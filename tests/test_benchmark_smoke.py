@@ -5,12 +5,13 @@ import json
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 KEYS = ["help_s", "prep_x_realtime", "prep_peak_rss_mb_10min", "prep_peak_rss_mb_60min",
         "matmul_gflops", "train_frames_per_s", "train_mfu", "gen_x_realtime",
         "gen_x_realtime_plain", "gen_x_realtime_spectra", "gen_speedup_vs_refeed",
-        "grain_peak_rss_mb_10min", "grain_peak_rss_mb_60min", "params"]
+        "grain_peak_rss_mb_10min", "grain_peak_rss_mb_60min", "params",
+        "train_frames_per_s_1s_average", "train_mfu_1s_average", "train_epoch_cost_vs_1s_average"]
 
 
 def test_benchmark_quick_run_reports_every_key():
@@ -20,4 +21,6 @@ def test_benchmark_quick_run_reports_every_key():
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     for key in KEYS:
         assert figures[key] > 0, key
-    assert figures["params"] == 1_488_466  # -n 64 -l 2, by the same formula as the default
+    tool = load_script()  # -n 64 -l 2 with the default head, by the formula the tool checks with
+    outputs = tool.make_head(tool.DEFAULT_HEAD[tool.DEFAULT_FRAMES]).outputs(tool.NUM_FEATURES)
+    assert figures["params"] == tool.count_parameters(tool.NUM_FEATURES, 64, 2, outputs)

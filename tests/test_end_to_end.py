@@ -40,7 +40,10 @@ def test_first_run_trains_checkpoints_and_writes_pieces(trained):
     root, _, result = trained
     assert "Building the frame cache" in result.stdout
     assert "Device: CPU" in result.stdout
-    assert "Model: 187,994 parameters" in result.stdout
+    tool = load_script()
+    outputs = tool.make_head(tool.DEFAULT_HEAD["magnitude"]).outputs(tool.NUM_FEATURES)
+    assert f"Model: {tool.count_parameters(tool.NUM_FEATURES, 8, 1, outputs):,} parameters" \
+        in result.stdout
     assert "epoch 1 | loss" in result.stdout and "val_loss" in result.stdout
     assert (root / "cache" / "model.keras").exists()
     assert (root / "cache" / "model-best.keras").exists()
