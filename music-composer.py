@@ -1069,9 +1069,14 @@ def read_rows(handle, rows, mean, std):
 def principal_axes(sample, dimensions=INDEX_DIMENSIONS):
     """(dimensions, features) float32: the directions along which the normalised frames
     `sample` (n, features) vary most, through the small n x n Gram matrix."""
+    from scipy import linalg
+
     gram = (sample @ sample.T).astype(np.float64)  # float32 products: the sample stays 45 MB
-    values, vectors = np.linalg.eigh(gram)
-    keep = np.argsort(values)[::-1][: min(dimensions, len(sample))]
+    # Only the largest eigenpairs (LAPACK's evr driver): a tenth of a full eigh's time.
+    wanted = min(dimensions, len(sample))
+    values, vectors = linalg.eigh(gram, subset_by_index=[len(sample) - wanted, len(sample) - 1],
+                                  driver="evr")
+    keep = np.argsort(values)[::-1]
     keep = keep[values[keep] > 1e-6 * max(values.max(), 1e-30)]
     axes = (vectors[:, keep].T.astype(np.float32) @ sample) / np.sqrt(values[keep])[:, None]
     return axes.astype(np.float32)
