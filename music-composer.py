@@ -2555,7 +2555,8 @@ def report_piece(path, reference, skip_seconds, copied):
         f"{figures['last_second_db']:.1f} dB | clicks {figures['clicks']:.2f} | "
         f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f} | "
         f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | "
-        f"{figures['onsets_per_s']:.1f} notes/s | structure {figures['structure']:.2f} | "
+        f"{figures['onsets_per_s']:.1f} notes/s | structure {figures['structure']:.2f} (music "
+        f"{figures['music_structure']:.2f}) | "
         f"verbatim: longest "
         f"{figures['longest_verbatim_s']:.2f} s, {100 * figures['verbatim_2s_share']:.0f}% "
         f"in stretches of 2 s or more")
