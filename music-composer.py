@@ -72,9 +72,10 @@ FRAME_KINDS = {"magnitude": "log-magnitude of 0.5 s windows every 0.25 s, phase 
                "plain": "real and imaginary rFFT of each 0.25 s block, as the original tool"}
 DEFAULT_FRAMES = "magnitude"
 # How each kind keeps the music moving (see make_batches and with_sampled_errors): noise on the
-# training inputs, and prediction errors added back when generating, scaled by the temperature.
-# Plain frames keep the original tool's plain regression.
-SAMPLING = {"magnitude": {"input_noise": 0.5, "temperature": 1.0},
+# training inputs, and prediction errors added back when generating, scaled by the temperature
+# (half of each error: measured best with 8 s training sequences, see the README). Plain frames
+# keep the original tool's plain regression.
+SAMPLING = {"magnitude": {"input_noise": 0.5, "temperature": 0.5},
             "plain": {"input_noise": 0.0, "temperature": 0.0}}
 # How a predicted frame becomes sound (see the Generation section).
 SYNTHESES = {"grains": "the network chooses, real recordings sound: each predicted frame is "
@@ -1426,7 +1427,7 @@ HEADS = {"average": "a frame: the average of the likely next frames (mean square
                     "original's)",
          "median": "a frame: their median (mean absolute error)",
          "mixture": "a mixture of Gaussians over the next frame, sampled when generating"}
-DEFAULT_HEAD = {"magnitude": "mixture", "plain": "average"}
+DEFAULT_HEAD = {"magnitude": "average", "plain": "average"}  # measured best (see the README)
 MIXTURE_COMPONENTS = 4  # Gaussians in the mixture head
 LOG_SCALE_LIMITS = (-7.0, 7.0)  # a component's log standard deviation is kept within these
 
@@ -2918,8 +2919,7 @@ def make_parser():
     training.add_argument("--head", choices=list(HEADS),
                           help="what the network predicts: " + "; ".join(
                               f"{name}: {text}" for name, text in HEADS.items())
-                          + " (default: the checkpoint's; for a new model mixture, average with "
-                            "--frames plain)")
+                          + " (default: the checkpoint's; for a new model, average)")
     training.add_argument("--sequence-seconds", type=sequence_seconds, metavar="SECONDS",
                           help=f"length of the music the network learns from at a time (and of "
                                f"a seed), at least 1; shortened when the music is too short "
@@ -2937,9 +2937,11 @@ def make_parser():
                                  "clips of the training "
                                  "music: one piece each, starting with the file's last 2 s")
     generation.add_argument("--temperature", type=temperature,
-                            help="how much of the network's own errors to add back to each "
-                                 "predicted frame: 0 writes its plain average, higher moves "
-                                 "more (default: 1; 0 with --frames plain, as the original)")
+                            help="how freely each next frame is sampled: 0 takes the "
+                                 "network's most likely frame, higher is freer; it scales the "
+                                 "network's own errors added back to a predicted frame, or "
+                                 "with --head mixture the mixture's choice and spread "
+                                 "(default: 0.5; 0 with --frames plain, as the original)")
     generation.add_argument("--synthesis", choices=list(SYNTHESES),
                             help="how predicted frames become sound: " + "; ".join(
                                 f"{way}: {text}" for way, text in SYNTHESES.items())
