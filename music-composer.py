@@ -4,8 +4,9 @@ music-composer: learn the style of a folder of music and compose new music in th
 
 Each 0.25 s block of audio becomes one FFT frame (by default the log-magnitude spectrum of a
 0.5 s window around it; --frames plain keeps the original real+imaginary FFT); a recurrent
-network (Dense -> stacked LSTM -> Dense) learns to predict the next frame; seeded with a clip
-of the training music, it then writes new music one frame at a time. By default each
+network (Dense -> stacked LSTM -> Dense) learns, from 8 s stretches of the music at a time,
+to predict the next frame; seeded with 8 s of the training music, it then writes new music
+one frame at a time. By default each
 prediction is matched to a real frame of the music, whose recording is played and fed back
 (--synthesis grains); --synthesis spectra sounds the predicted spectrum itself, rebuilding
 its phase. Every piece is measured against the music.
@@ -1904,7 +1905,7 @@ def new_metadata(config, cache, head):
     return {"version": CHECKPOINT_VERSION, "hidden_neurons": config.hidden_neurons,
             "hidden_layers": config.hidden_layers, "block_size": BLOCK_SIZE,
             "sample_rate": SAMPLE_RATE, "num_features": NUM_FEATURES,
-            "window_frames": WINDOW_FRAMES, "frame": config.frames, "epochs_done": 0,
+            "sequence_frames": None, "frame": config.frames, "epochs_done": 0,
             "head": head.name, "head_components": head.components,
             "cache_fingerprint": cache.fingerprint, "train_rms_db": cache.rms_db,
             "batch_size": config.batch_size, "history": []}
