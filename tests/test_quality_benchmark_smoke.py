@@ -12,7 +12,10 @@ from conftest import ROOT
 def test_quality_benchmark_runs_and_summarises_both_kinds(tmp_path):
     command = [sys.executable, str(ROOT / "tests" / "quality.py"), "--sets", "synthetic",
                "--temperatures", "0", "-e", "1", "-n", "8", "-l", "1", "--pieces", "2",
-               "--work", str(tmp_path)]
+               "--work", str(tmp_path),
+               # 1 s windows: four times the updates of one epoch of 8 s sequences, so that
+               # even one epoch makes frames loud enough to show the joins (below)
+               "--tool-flags", "--sequence-seconds 1"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     summary = json.loads((tmp_path / "quality.json").read_text())
