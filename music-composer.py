@@ -73,10 +73,9 @@ FRAME_KINDS = {"magnitude": "log-magnitude of 0.5 s windows every 0.25 s, phase 
                "plain": "real and imaginary rFFT of each 0.25 s block, as the original tool"}
 DEFAULT_FRAMES = "magnitude"
 # How each kind keeps the music moving (see make_batches and with_sampled_errors): noise on the
-# training inputs, and prediction errors added back when generating, scaled by the temperature
-# (half of each error: measured best with 8 s training sequences, see the README). Plain frames
-# keep the original tool's plain regression.
-SAMPLING = {"magnitude": {"input_noise": 0.5, "temperature": 0.5},
+# training inputs, and prediction errors added back when generating, scaled by the temperature.
+# Plain frames keep the original tool's plain regression.
+SAMPLING = {"magnitude": {"input_noise": 0.5, "temperature": 1.0},
             "plain": {"input_noise": 0.0, "temperature": 0.0}}
 # How a predicted frame becomes sound (see the Generation section).
 SYNTHESES = {"grains": "the network chooses, real recordings sound: each predicted frame is "
@@ -2942,7 +2941,7 @@ def make_parser():
                                  "network's most likely frame, higher is freer; it scales the "
                                  "network's own errors added back to a predicted frame, or "
                                  "with --head mixture the mixture's choice and spread "
-                                 "(default: 0.5; 0 with --frames plain, as the original)")
+                                 "(default: 1; 0 with --frames plain, as the original)")
     generation.add_argument("--synthesis", choices=list(SYNTHESES),
                             help="how predicted frames become sound: " + "; ".join(
                                 f"{way}: {text}" for way, text in SYNTHESES.items())

@@ -58,7 +58,7 @@ def test_frames_default_to_magnitude_and_plain_is_the_original(mc, tmp_path):
 
 
 def test_temperature_defaults_by_frames_and_is_checked(mc, tmp_path):
-    assert parse(mc, []).temperature == 0.5
+    assert parse(mc, []).temperature == 1.0
     assert parse(mc, ["--frames", "plain"]).temperature == 0.0  # the original: plain regression
     assert parse(mc, ["--frames", "plain", "--temperature", "0.3"]).temperature == 0.3
     assert parse(mc, ["--temperature", "0"]).temperature == 0.0
