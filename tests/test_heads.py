@@ -131,9 +131,10 @@ def test_the_checkpoint_keeps_its_head_and_a_mismatch_is_refused(mc, tmp_path):
               "--no-plots", "--random-seed", 1]
     first = run_cli(*common, "-e", 1, "-o", tmp_path / "a", "--head", "median", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "sequences of 8 s" in first.stdout
+    assert f"sequences of {mc.SEQUENCE_SECONDS:g} s" in first.stdout  # 40 s hold the default
     metadata, _, _ = mc.read_checkpoint_metadata(tmp_path / "td" / mc.CHECKPOINT_NAME)
-    assert metadata["head"] == "median" and metadata["sequence_frames"] == 32
+    assert metadata["head"] == "median"
+    assert metadata["sequence_frames"] == round(mc.SEQUENCE_SECONDS * mc.FRAMES_PER_SECOND)
     refused = run_cli(*common, "-e", 0, "-o", tmp_path / "b", "--head", "mixture", cwd=tmp_path)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert "--head median" in refused.stderr and "model.keras" in refused.stderr
