@@ -2911,7 +2911,7 @@ def make_parser():
                           help="epochs to train in this run; 0 generates from the checkpoint "
                                "(default: 20; --demo: 40)")
     training.add_argument("-b", "--batch-size", type=positive_int,
-                          help="training windows per batch (default: 10)")
+                          help="training sequences per batch (default: 10)")
     training.add_argument("--gpus", type=positive_int, metavar="N",
                           help="train on at most N of the visible GPUs; with two or more, "
                                "-b windows go to each GPU every step (default: all; "
