@@ -1118,8 +1118,8 @@ def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_F
     folder_name = f"frames-{fingerprint}"
     partial = cache_dir / f"{folder_name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
-    try:
+    try:  # made inside the try: a Ctrl-C just after mkdir must not leave the folder behind
+        partial.mkdir()
         stats, file_starts, used, skipped, reference = write_raw_frames(music_paths, partial, kind)
         if not used:
             raise UserError(no_music_message(dataset_dir, music_paths, skipped,
