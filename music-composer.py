@@ -2886,6 +2886,11 @@ def output_name(text):
     return text
 
 
+def described(choices):
+    """'name: what it does; ...' for a flag's help, from a {name: description} table."""
+    return "; ".join(f"{name}: {text}" for name, text in choices.items())
+
+
 def make_parser():
     parser = argparse.ArgumentParser(
         prog="music-composer.py",
@@ -2914,11 +2919,10 @@ def make_parser():
                           help="training sequences per batch (default: 10)")
     training.add_argument("--gpus", type=positive_int, metavar="N",
                           help="train on at most N of the visible GPUs; with two or more, "
-                               "-b windows go to each GPU every step (default: all; "
+                               "-b sequences go to each GPU every step (default: all; "
                                "CUDA_VISIBLE_DEVICES chooses which are visible)")
     training.add_argument("--head", choices=list(HEADS),
-                          help="what the network predicts: " + "; ".join(
-                              f"{name}: {text}" for name, text in HEADS.items())
+                          help="what the network predicts: " + described(HEADS)
                           + " (default: the checkpoint's; for a new model, average)")
     training.add_argument("--sequence-seconds", type=sequence_seconds, metavar="SECONDS",
                           help=f"length of the music the network learns from at a time (and of "
@@ -2943,16 +2947,14 @@ def make_parser():
                                  "with --head mixture the mixture's choice and spread "
                                  "(default: 1; 0 with --frames plain, as the original)")
     generation.add_argument("--synthesis", choices=list(SYNTHESES),
-                            help="how predicted frames become sound: " + "; ".join(
-                                f"{way}: {text}" for way, text in SYNTHESES.items())
+                            help="how predicted frames become sound: " + described(SYNTHESES)
                             + " (default: grains; spectra with --frames plain)")
     generation.add_argument("--copy-limit", type=copy_limit, metavar="SECONDS",
                             help=f"with grains, the longest stretch of your music played back "
                                  f"verbatim, in seconds, at least 0.25 (default: "
                                  f"{COPY_LIMIT_SECONDS:g})")
     generation.add_argument("--frames", choices=list(FRAME_KINDS),
-                            help="how audio becomes frames: " + "; ".join(
-                                f"{kind}: {text}" for kind, text in FRAME_KINDS.items()))
+                            help="how audio becomes frames: " + described(FRAME_KINDS))
     watching = parser.add_argument_group("watching a long run")
     watching.add_argument("--tensorboard", metavar="DIR", type=Path,
                           help="write TensorBoard logs into DIR: loss and val_loss per epoch "
