@@ -259,7 +259,7 @@ def grain_workload(music, cache_folder, pieces=10, frames=40):
                                      cache.mean, cache.std))
     rng = np.random.default_rng(0)
     predict = synthesis.steer(lambda batch: rng.standard_normal(batch.shape).astype(np.float32))
-    synthesis.warm_up, batch = 0, np.asarray(cache.frames[:pieces])
+    batch = np.asarray(cache.frames[:pieces])
     for _ in range(frames):
         batch = predict(batch)
         synthesis.push(None)

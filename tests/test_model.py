@@ -139,12 +139,13 @@ def test_batches_cover_every_window_once_and_reshuffle_each_epoch(mc):
 
 
 def test_generation_loop_with_a_known_predictor(mc):
-    """predict_next adds 1: after a seed ending in s, the frames are s+1, s+2, ..."""
+    """predict_next adds 1 to the last frame it read: after a seed ending in s, the frames are
+    s+1, s+2, ..."""
     seen = []
 
     def predict_next(frames):
         seen.append(frames.copy())
-        return frames + 1.0
+        return (frames[:, -1] if frames.ndim == 3 else frames) + 1.0
 
     seeds = np.stack([np.full((4, 3), 10.0 * (piece + 1)) for piece in range(2)])
     seeds[:, :, 0] += np.arange(4)  # mark each seed frame to check the order it is fed in
@@ -152,26 +153,59 @@ def test_generation_loop_with_a_known_predictor(mc):
     assert frames.shape == (2, 5, 3)
     np.testing.assert_array_equal(frames[0, :, 1], [11, 12, 13, 14, 15])
     np.testing.assert_array_equal(frames[1, :, 1], [21, 22, 23, 24, 25])
-    for index in range(4):
-        np.testing.assert_array_equal(seen[index], seeds[:, index])
-    assert len(seen) == 4 + 5  # each frame is computed once
+    np.testing.assert_array_equal(seen[0], seeds)  # the whole seed, read in one call
+    assert len(seen) == 1 + 4  # each frame is computed once, none after the last
 
 
-def test_stateful_steps_match_the_full_model(mc):
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-2)])
+def test_stateful_steps_match_the_full_model(mc, dtype, tolerance):
+    """The step function's written-out LSTM arithmetic is Keras's; in bfloat16, to within
+    its 8 significant bits (a hundredth of the outputs' size)."""
     model = mc.build_model(10, 6, 3)
     rng = np.random.default_rng(0)
     sequence = rng.normal(size=(3, 9, 10)).astype(np.float32)
     full = model(sequence).numpy()
-    predict_next = mc.make_step_function(model, batch_size=3)
+    predict_next = mc.make_step_function(model, 3, mc.compile_step(model, dtype))
     steps = np.stack([predict_next(sequence[:, t]) for t in range(9)], axis=1)
-    np.testing.assert_allclose(steps, full, atol=1e-5)
+    np.testing.assert_allclose(steps, full, atol=tolerance * np.abs(full).max())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_seed_read_at_once_leaves_the_states_stepping_through_it_would(mc, dtype):
+    model = mc.build_model(12, 8, 2)
+    rng = np.random.default_rng(5)
+    seeds, then = rng.normal(size=(2, 7, 12)).astype(np.float32), rng.normal(size=(2, 12))
+    step = mc.compile_step(model, dtype)
+    at_once = mc.make_step_function(model, 2, step)
+    stepped = mc.make_step_function(model, 2, step)
+    first = at_once(seeds)
+    for t in range(7):
+        first_stepped = stepped(seeds[:, t])
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(first, first_stepped, atol=tolerance * np.abs(first).max())
+    following = at_once(then.astype(np.float32))  # the states carried on alike
+    np.testing.assert_allclose(following, stepped(then.astype(np.float32)),
+                               atol=tolerance * np.abs(following).max())
+    np.testing.assert_allclose(first, model(seeds).numpy()[:, -1],
+                               atol=tolerance * np.abs(first).max())
+
+
+def test_bfloat16_only_where_the_cpu_multiplies_it_natively(mc, tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not mc.multiplies_bfloat16_natively(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 fma\n")
+    assert mc.multiplies_bfloat16_natively(cpuinfo)
+    assert not mc.multiplies_bfloat16_natively(tmp_path / "missing")
+    assert mc.generation_dtype(on_gpu=True) == "float32"
 
 
 def test_stateful_generation_matches_refeeding_the_growing_sequence(mc):
     """The original re-ran the network over the whole sequence for each new frame; same result."""
     model = mc.build_model(8, 5, 2)
     seeds = np.random.default_rng(1).normal(size=(2, 4, 8)).astype(np.float32)
-    stateful = np.stack(list(mc.generate(mc.make_step_function(model, 2), seeds, 6)), axis=1)
+    predict_next = mc.make_step_function(model, 2, mc.compile_step(model, "float32"))
+    stateful = np.stack(list(mc.generate(predict_next, seeds, 6)), axis=1)
     sequence = seeds
     for _ in range(6):
         sequence = np.concatenate([sequence, model(sequence).numpy()[:, -1:]], axis=1)
