@@ -194,7 +194,8 @@ def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind,
     seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, rng)
     step = tool.compile_step(model)
     started = time.perf_counter()
-    tool.make_step_function(model, pieces, step)(seeds[:, 0])  # traces and compiles
+    tool.make_step_function(model, pieces, step)(seeds)[:, None]  # traces reading a seed
+    tool.make_step_function(model, pieces, step)(seeds[:, 0])  # traces and compiles a step
     compile_seconds = time.perf_counter() - started
     setup_seconds = 0.0
     head = tool.head_of(model)

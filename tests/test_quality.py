@@ -85,7 +85,7 @@ def test_frechet_distance_of_known_gaussians(mc):
 
 
 def test_mel_filterbank_covers_the_spectrum(mc):
-    filters = mc.mel_filterbank()
+    filters = mc.mel_filterbank().T  # stored one band per column
     assert filters.shape == (64, 1025) and filters.min() >= 0 and filters.max() <= 1
     assert (filters.sum(axis=1) > 0).all()  # no empty band
     assert np.argmax(filters[0]) < np.argmax(filters[-1])
