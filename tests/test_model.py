@@ -388,3 +388,31 @@ def test_a_compiled_step_is_reused_with_fresh_states(mc):
     assert not np.allclose(first(frames[:, 0]), first_output, atol=1e-6)  # states moved on
     again = mc.make_step_function(model, 3, step)  # must start from zero states again
     np.testing.assert_allclose(again(frames[:, 0]), first_output, atol=1e-6)
+
+
+def test_the_unrolled_loop_with_its_input_products_hoisted_computes_what_keras_does(mc):
+    """use_fastest_lstm_kernel on a CPU swaps in unrolled_lstm_loop: same outputs, same
+    gradients as Keras's own LSTM loop (which a GPU keeps, for cuDNN)."""
+    import tensorflow as tf
+
+    model = mc.build_model(12, 8, 2)
+    rng = np.random.default_rng(4)
+    inputs = rng.normal(size=(3, 6, 12)).astype(np.float32)
+    targets = rng.normal(size=(3, 6, 12)).astype(np.float32)
+
+    def outputs_and_gradients():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((model(inputs, training=True) - targets) ** 2)
+        return model(inputs).numpy(), tape.gradient(loss, model.trainable_variables)
+
+    mc.use_fastest_lstm_kernel(model, on_gpu=False, length=6)
+    lstms = [layer for layer in model.layers if layer.name.startswith("lstm_")]
+    assert all("inner_loop" in layer.__dict__ for layer in lstms)
+    hoisted, hoisted_gradients = outputs_and_gradients()
+    mc.use_fastest_lstm_kernel(model, on_gpu=True, length=6)
+    assert not any("inner_loop" in layer.__dict__ for layer in lstms)
+    keras_own, keras_gradients = outputs_and_gradients()
+    np.testing.assert_allclose(hoisted, keras_own, atol=1e-6)
+    for ours, theirs in zip(hoisted_gradients, keras_gradients):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6)
+    assert np.abs(hoisted).max() > 1e-3  # the comparison compared something
