@@ -2911,7 +2911,8 @@ def generation_memory_bytes(hidden_neurons, hidden_layers, num_pieces, outputs=N
     per_piece = (8 * NUM_FEATURES + 4 * BLOCK_SIZE + 4 * hidden_neurons * hidden_layers
                  + 8 * WINDOW_SIZE)  # the phase rebuilding's spectra and windows
     error_bank = 2 * 256 * (WINDOW_FRAMES + 1) * NUM_FEATURES  # prediction_errors' windows
-    return 4 * (parameters + error_bank + num_pieces * per_piece)
+    bfloat16_copies = parameters // 2  # of the weights, where generation_dtype is bfloat16
+    return 4 * (parameters + bfloat16_copies + error_bank + num_pieces * per_piece)
 
 
 def output_bytes(seconds, num_pieces):

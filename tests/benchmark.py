@@ -191,10 +191,11 @@ def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind,
     the step function's compile, and for magnitude frames the network's errors on held-out
     windows (compose() computes them once per run). Returns (median s, compile s, set-up s)."""
     rng = np.random.default_rng(0)
-    seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, rng)
+    length = tool.sequence_length(cache.file_starts, tool.SEQUENCE_SECONDS)  # as compose()'s
+    seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, rng, length)
     step = tool.compile_step(model)
     started = time.perf_counter()
-    tool.make_step_function(model, pieces, step)(seeds)[:, None]  # traces reading a seed
+    tool.make_step_function(model, pieces, step)(seeds)  # traces reading a seed
     tool.make_step_function(model, pieces, step)(seeds[:, 0])  # traces and compiles a step
     compile_seconds = time.perf_counter() - started
     setup_seconds = 0.0
@@ -233,7 +234,9 @@ def refeed_seconds(tool, model, cache, pieces, seconds):
     # Eager calls take every sequence length as it comes (a traced function would be traced
     # anew for each length); at this network size the per-call overhead is small.
     tool.use_fastest_lstm_kernel(model, on_gpu=True)  # a loop: the sequence length changes
-    seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, np.random.default_rng(0))
+    length = tool.sequence_length(cache.file_starts, tool.SEQUENCE_SECONDS)  # as compose()'s
+    seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, np.random.default_rng(0),
+                            length)
     num_frames = int(seconds * tool.FRAMES_PER_SECOND)
     model(tf.constant(seeds), training=False)
     synthesis = tool.make_synthesis(tool.DEFAULT_FRAMES, pieces)
