@@ -547,7 +547,9 @@ def frames_from_audio(audio, kind):
     """(samples,) float32 -> (num_blocks, NUM_FEATURES) float32 frames of the given kind."""
     if kind == "plain":
         return frames_from_blocks(blocks_from_audio(audio))
-    return np.log(np.abs(spectra_from_audio(audio)) + MAGNITUDE_FLOOR).astype(np.float32)
+    magnitude = np.abs(spectra_from_audio(audio))  # float32; then in place, no more copies
+    magnitude += np.float32(MAGNITUDE_FLOOR)
+    return np.log(magnitude, out=magnitude)
 
 
 class PlainSynthesis:
