@@ -1995,7 +1995,7 @@ def multiplies_bfloat16_natively(cpuinfo="/proc/cpuinfo"):
 def generation_dtype(on_gpu):
     """The precision the generation step multiplies in. On a CPU with native bfloat16 a step
     reads half the bytes: at the default size it is bound by reading the 225 MB of weights
-    (measured: 1.7x faster). Rounding the weights and inputs to 8 significant bits moves a
+    (measured: 1.5x faster). Rounding the weights and inputs to 8 significant bits moves a
     prediction by far less than the network's own error, which sampling adds back in anyway
     (the README has the figures). A GPU, or a CPU without bfloat16, stays in float32."""
     return "bfloat16" if not on_gpu and multiplies_bfloat16_natively() else "float32"
