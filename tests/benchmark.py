@@ -298,6 +298,7 @@ def train_peak_rss_mb(music, work, neurons, layers, batch_size, steps):
 
 def measure(sizes, work):
     tool = load_tool()
+    tool.limit_blas_threads()  # as the tool's run() does, first thing
     results = {"help_s": help_seconds()}
     print(f"help: {results['help_s']:.3f} s", flush=True)
 

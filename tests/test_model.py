@@ -416,3 +416,27 @@ def test_the_unrolled_loop_with_its_input_products_hoisted_computes_what_keras_d
     for ours, theirs in zip(hoisted_gradients, keras_gradients):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6)
     assert np.abs(hoisted).max() > 1e-3  # the comparison compared something
+
+
+def blas_threads():
+    import scipy.linalg  # noqa: F401 (SciPy's own OpenBLAS, which the tool limits too)
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_a_run_keeps_numpy_blas_on_one_thread(mc, tmp_path, monkeypatch):
+    """OpenBLAS's spinning threads took half of a 2-core machine beside TensorFlow's."""
+    from threadpoolctl import threadpool_limits
+
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "a.wav", melody(3.0))
+    seen = []
+    monkeypatch.setattr(mc, "compose_from_folder", lambda config: seen.append(blas_threads()))
+    blas_threads()  # both OpenBLAS libraries loaded first
+    with threadpool_limits(limits=2, user_api="blas"):  # as on a 2-core machine, whatever this is
+        assert blas_threads() == [2] * len(blas_threads())
+        assert mc.main(["-d", str(music), "-t", str(tmp_path / "t"), "-o",
+                        str(tmp_path / "out"), "-e", "1", "-n", "8", "-l", "1"]) == 0
+    assert len(seen) == 1 and seen[0] == [1] * len(seen[0]) and seen[0]
