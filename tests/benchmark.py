@@ -335,9 +335,9 @@ def measure(sizes, work):
           f"{results['train_epoch_cost_vs_1s_average']:.2f}x as much now", flush=True)
 
     pieces, seconds = sizes["pieces"], sizes["seconds"]
-    # Plain first: whichever runs first right after training measured about half speed (the
-    # magnitude path at 38x realtime, 83x in a fresh process), so the figure that matters
-    # comes second.
+    # Plain, then spectra, then the default. The old "half speed inside the benchmark" was
+    # NumPy's spinning BLAS threads (limit_blas_threads); right after training, generation
+    # still measures about a tenth slower than in a fresh process, for a reason not found.
     stateful_plain, _, _ = generation_seconds(tool, model, cache, pieces, seconds, 5, work,
                                               "plain", "spectra")
     stateful_spectra, _, _ = generation_seconds(tool, model, cache, pieces, seconds, 5, work,
