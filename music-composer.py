@@ -1615,15 +1615,23 @@ def unrolled_lstm_loop(layer):
         h, c = initial_state
         outputs = []
         for t in range(sequences.shape[1]):
-            z = ops.add(projected[:, t], ops.matmul(h, cell.recurrent_kernel))
-            z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
-            c = ops.add(ops.multiply(cell.recurrent_activation(z_f), c),
-                        ops.multiply(cell.recurrent_activation(z_i), cell.activation(z_c)))
-            h = ops.multiply(cell.recurrent_activation(z_o), cell.activation(c))
+            h, c = lstm_gates(cell, ops.add(projected[:, t], ops.matmul(h, cell.recurrent_kernel)),
+                              c)
             outputs.append(h)
         return h, ops.stack(outputs, axis=1), [h, c]
 
     return inner_loop
+
+
+def lstm_gates(cell, z, c):
+    """Keras's LSTMCell after its products (implementation 2): z = x K + h R + b, (batch,
+    4 units), gates i, f, c, o in that order; c the carry. Returns the new (h, c)."""
+    from keras import ops
+
+    z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
+    c = ops.add(ops.multiply(cell.recurrent_activation(z_f), c),
+                ops.multiply(cell.recurrent_activation(z_i), cell.activation(z_c)))
+    return ops.multiply(cell.recurrent_activation(z_o), cell.activation(c)), c
 
 
 def gpu_available():
@@ -2051,11 +2059,8 @@ def compile_step(model, dtype=None):
     lstms = [(cell, weight(cell.kernel), weight(cell.recurrent_kernel)) for cell in cells]
 
     def cell_step(cell, recurrent, projected, h, c):  # projected: x K + b, (batch, 4 units)
-        z = projected + tf.cast(tf.matmul(tf.cast(h, dtype), recurrent), tf.float32)
-        z_i, z_f, z_c, z_o = tf.split(z, 4, axis=1)
-        c = cell.recurrent_activation(z_f) * c \
-            + cell.recurrent_activation(z_i) * cell.activation(z_c)
-        return cell.recurrent_activation(z_o) * cell.activation(c), c
+        return lstm_gates(cell, projected + tf.cast(tf.matmul(tf.cast(h, dtype), recurrent),
+                                                    tf.float32), c)
 
     @tf.function(jit_compile=dtype == tf.float32)
     def step(frames, states):
