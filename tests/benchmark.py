@@ -371,7 +371,7 @@ DEFAULT_SIZES = {"minutes": 10, "minutes_long": 60, "neurons": 1024, "layers": 4
                  "train_blocks": 7, "train_steps": 12, "rss_steps": 30, "pieces": 10,
                  "seconds": 10}
 QUICK_SIZES = {"minutes": 2, "minutes_long": 6, "neurons": 64, "layers": 2, "batch": 10,
-               "train_blocks": 3, "train_steps": 5, "rss_steps": 5, "pieces": 4, "seconds": 2}
+               "train_blocks": 2, "train_steps": 3, "rss_steps": 3, "pieces": 4, "seconds": 2}
 TARGETS = {"help_s": ("<", 0.5), "prep_x_realtime": (">=", 1500),
            "prep_peak_rss_mb_60min": ("<=", 500), "train_mfu": (">=", 0.40),
            "train_epoch_cost_vs_1s_average": ("<=", 1.5),

@@ -20,8 +20,8 @@ from scipy.io import wavfile
 
 from conftest import SCRIPT, melody, write_int16
 
-MID_RUN_KILLS = 14  # each costs a killed run and a whole one after it: ~16 s on 2 cores
-MAX_ATTEMPTS = 30
+MID_RUN_KILLS = 10  # each costs a killed run and a whole one after it: ~16 s on 2 cores
+MAX_ATTEMPTS = 24
 TINY = ["-n", "16", "-l", "2", "-b", "2", "-e", "2", "-g", "2", "-s", "2"]
 PHASES = [("Generating", "generation"), ("epoch ", "training"), ("Training on", "training"),
           ("Model:", "training"), ("Device:", "model set-up"), ("Cached ", "model set-up"),
