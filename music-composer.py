@@ -2049,9 +2049,12 @@ def compile_step(model, dtype=None):
     def weight(variable):
         return variable if dtype == tf.float32 else tf.constant(tf.cast(variable, dtype))
 
+    def product(x, kernel):  # float32 in and out, multiplied in `dtype`
+        return tf.cast(tf.matmul(tf.cast(x, dtype), kernel), tf.float32)
+
     def dense(layer, kernel):
         def apply(x):  # (rows, inputs) float32 -> (rows, outputs) float32
-            return tf.cast(tf.matmul(tf.cast(x, dtype), kernel), tf.float32) + layer.bias
+            return product(x, kernel) + layer.bias
         return apply
 
     into, out_of = dense(project_in, weight(project_in.kernel)), \
@@ -2059,14 +2062,13 @@ def compile_step(model, dtype=None):
     lstms = [(cell, weight(cell.kernel), weight(cell.recurrent_kernel)) for cell in cells]
 
     def cell_step(cell, recurrent, projected, h, c):  # projected: x K + b, (batch, 4 units)
-        return lstm_gates(cell, projected + tf.cast(tf.matmul(tf.cast(h, dtype), recurrent),
-                                                    tf.float32), c)
+        return lstm_gates(cell, projected + product(h, recurrent), c)
 
     @tf.function(jit_compile=dtype == tf.float32)
     def step(frames, states):
         hidden, new_states = into(frames), []
         for (cell, kernel, recurrent), (h, c) in zip(lstms, states):
-            projected = tf.cast(tf.matmul(tf.cast(hidden, dtype), kernel), tf.float32) + cell.bias
+            projected = product(hidden, kernel) + cell.bias
             hidden, c = cell_step(cell, recurrent, projected, h, c)
             new_states.append([hidden, c])
         return out_of(hidden), new_states
@@ -2079,9 +2081,7 @@ def compile_step(model, dtype=None):
                             [batch * time, -1])
         new_states = []
         for (cell, kernel, recurrent), (h, c) in zip(lstms, states):
-            projected = tf.reshape(
-                tf.cast(tf.matmul(tf.cast(hidden, dtype), kernel), tf.float32) + cell.bias,
-                [time, batch, -1])
+            projected = tf.reshape(product(hidden, kernel) + cell.bias, [time, batch, -1])
             outputs = tf.TensorArray(tf.float32, size=time)
             for t in tf.range(time):
                 h, c = cell_step(cell, recurrent, projected[t], h, c)
