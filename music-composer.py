@@ -668,6 +668,15 @@ class RealFrames:
     def encode(self, raw_frames):  # (pieces, NUM_FEATURES) raw -> (pieces, dimensions)
         return normalise(raw_frames, self.cache.mean, self.cache.std) @ self.cache.components.T
 
+    def folding(self):
+        """(matrix (NUM_FEATURES, dimensions), offset (dimensions,)) float32: encode() of a
+        network-normalised prediction p, denormalised, is p @ matrix + offset. Both steps are
+        affine, so a network can fold them into its output layer (see compile_step)."""
+        components = self.cache.components.T
+        matrix = (self.std / self.cache.std)[:, None] * components
+        offset = ((self.mean - self.cache.mean) / self.cache.std) @ components
+        return matrix.astype(np.float32), offset.astype(np.float32)
+
     def distances(self, codes):  # (pieces, dimensions) -> (pieces, num_frames) squared
         return (self.squared_norms[None] - 2 * codes @ self.cache.codes.T
                 + np.einsum("ij,ij->i", codes, codes)[:, None])
@@ -739,19 +748,30 @@ class GrainSynthesis:
         self.tail = np.asarray(endings, np.float32)[:, BLOCK_SIZE:] * hann()[BLOCK_SIZE:]
         self.previous[:] = -1
 
+    def folding(self):
+        """Choosing reads a prediction only through its projection on the index: a network
+        may fold that into its output layer and predict the index's numbers (see sound_pieces)."""
+        return self.real.folding()
+
     def steer(self, predict_next, music_frames=None):
-        """predict_next that returns, instead of each prediction, the real frame chosen for it."""
+        """predict_next that returns, instead of each prediction, the real frame chosen for it.
+        Predictions are network-normalised frames, or, folded, their index numbers (narrower)."""
         def predict(frames):
             predicted = predict_next(frames)  # the first call reads the whole seed
-            choices = self.choose(denormalise(predicted, self.real.mean, self.real.std))
+            if predicted.shape[-1] == NUM_FEATURES:
+                predicted = self.real.encode(denormalise(predicted, self.real.mean, self.real.std))
+            choices = self.choose_by_codes(predicted)
             self.chosen.append(choices)
             return self.real.for_network(choices)
 
         return predict
 
     def choose(self, raw_predictions):  # (pieces, NUM_FEATURES) -> (pieces,) frame indices
+        return self.choose_by_codes(self.real.encode(raw_predictions))
+
+    def choose_by_codes(self, predicted_codes):  # (pieces, dimensions) -> (pieces,) indices
         codes = self.real.cache.codes
-        cost = self.real.distances(self.real.encode(raw_predictions))  # (pieces, num_frames)
+        cost = self.real.distances(predicted_codes)  # (pieces, num_frames)
         successors = self.real.successors(self.previous)
         joined = np.where(successors >= 0, successors, self.previous)  # what a choice follows
         joins = self.real.distances(codes[np.maximum(joined, 0)])
@@ -2024,7 +2044,7 @@ def generation_dtype(on_gpu):
     return "bfloat16" if not on_gpu and multiplies_bfloat16_natively() else "float32"
 
 
-def compile_step(model, dtype=None):
+def compile_step(model, dtype=None, fold=None):
     """The trained network as two functions that carry the LSTM states (h, c per layer):
     step(frames (batch, features), states) -> (next frames, states), one frame; and
     read(frames (batch, time, features), states) -> (the frame after the last, states), a
@@ -2038,6 +2058,10 @@ def compile_step(model, dtype=None):
     faster than XLA's). `read` goes layer by layer, so each layer's input products for the
     whole seed are one matrix product and only h R is left in the loop, and it skips the
     output layer for all but the last frame: a 32-frame seed costs a few steps, not 32.
+
+    fold: (matrix (outputs, k), offset (k,)), an affine map of the outputs that is all the
+    caller reads of them (GrainSynthesis.folding): it is folded into the output layer, so the
+    step returns (batch, k) and reads a kernel k wide instead of the outputs' width.
     """
     import tensorflow as tf
 
@@ -2046,19 +2070,30 @@ def compile_step(model, dtype=None):
     project_out = model.get_layer("project_out")
     cells = [layer.cell for layer in model.layers if layer.name.startswith("lstm_")]
 
+    # bfloat16 copies are stored transposed, (outputs, inputs): oneDNN multiplies a few rows
+    # by them faster than by (inputs, outputs) (measured 3.4 against 4.4 ms, the input layer's).
+    transposed = dtype != tf.float32
+
     def weight(variable):
-        return variable if dtype == tf.float32 else tf.constant(tf.cast(variable, dtype))
+        if dtype == tf.float32:
+            return variable
+        return tf.constant(tf.cast(tf.transpose(variable), dtype))
 
     def product(x, kernel):  # float32 in and out, multiplied in `dtype`
-        return tf.cast(tf.matmul(tf.cast(x, dtype), kernel), tf.float32)
+        return tf.cast(tf.matmul(tf.cast(x, dtype), kernel, transpose_b=transposed), tf.float32)
 
-    def dense(layer, kernel):
+    def dense(kernel, bias):
         def apply(x):  # (rows, inputs) float32 -> (rows, outputs) float32
-            return product(x, kernel) + layer.bias
+            return product(x, kernel) + bias
         return apply
 
-    into, out_of = dense(project_in, weight(project_in.kernel)), \
-        dense(project_out, weight(project_out.kernel))
+    out_kernel, out_bias = project_out.kernel, project_out.bias
+    if fold is not None:  # (h W + b) M + m = h (W M) + (b M + m)
+        matrix, offset = (tf.constant(array, tf.float32) for array in fold)
+        out_kernel, out_bias = tf.matmul(out_kernel, matrix), tf.linalg.matvec(
+            matrix, out_bias, transpose_a=True) + offset
+    into = dense(weight(project_in.kernel), project_in.bias)
+    out_of = dense(weight(out_kernel), out_bias)
     lstms = [(cell, weight(cell.kernel), weight(cell.recurrent_kernel)) for cell in cells]
 
     def cell_step(cell, recurrent, projected, h, c):  # projected: x K + b, (batch, 4 units)
@@ -2703,6 +2738,19 @@ def report_piece(path, reference, skip_seconds, copied):
     return figures
 
 
+def output_fold(synthesis, head):
+    """What the generation step may fold into its output layer (see compile_step): the
+    synthesis's map of a prediction to all it reads of it, when it has one (grains: the
+    index's numbers) and the head's outputs are the prediction itself (not a mixture's)."""
+    folding = getattr(synthesis, "folding", None)
+    return folding() if folding is not None and head.name != "mixture" else None
+
+
+def folded_errors(errors, fold):
+    """The network's errors as a folded step's outputs see them: the map's linear part only."""
+    return errors if errors is None or fold is None else errors @ fold[0]
+
+
 def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds, prefixes=None,
                  endings=None):
     """Generate a piece from each seed (pieces, seed_frames, features), raw, the configured way,
@@ -2714,12 +2762,15 @@ def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds
     if endings is not None:
         synthesis.prime_with_audio(endings)
     with QuitAtSafePoints() as ctrl_c:
-        predict_next, music_frames = make_step_function(model, len(raw_seeds)), None
         head = head_of(model)
+        fold = output_fold(synthesis, head)
+        predict_next = make_step_function(model, len(raw_seeds), compile_step(model, fold=fold))
+        music_frames = None
         if config.temperature or config.frames == "magnitude" or head.name == "mixture":
             errors, music_frames = prediction_errors(model, cache, rng,
                                                      with_errors=head.name != "mixture")
-            predict_next = head.sampling(predict_next, errors, config.temperature, rng)
+            predict_next = head.sampling(predict_next, folded_errors(errors, fold),
+                                         config.temperature, rng)
         predict_next = synthesis.steer(predict_next, music_frames)
         write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, seconds,
                      paths, synthesis, prefixes, ctrl_c)

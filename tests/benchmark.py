@@ -193,13 +193,15 @@ def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind,
     rng = np.random.default_rng(0)
     length = tool.sequence_length(cache.file_starts, tool.SEQUENCE_SECONDS)  # as compose()'s
     seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, rng, length)
-    step = tool.compile_step(model)
+    head = tool.head_of(model)
+    real = tool.RealFrames(cache, cache.mean, cache.std)
+    fold = tool.output_fold(tool.make_synthesis(kind, pieces, way, real), head)  # as compose()'s
+    step = tool.compile_step(model, fold=fold)
     started = time.perf_counter()
     tool.make_step_function(model, pieces, step)(seeds)  # traces reading a seed
     tool.make_step_function(model, pieces, step)(seeds[:, 0])  # traces and compiles a step
     compile_seconds = time.perf_counter() - started
     setup_seconds = 0.0
-    head = tool.head_of(model)
     errors, music_frames = None, None
     if kind == "magnitude" or head.name == "mixture":  # as sound_pieces() does
         with_errors = head.name != "mixture"
@@ -214,10 +216,9 @@ def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind,
             path.unlink(missing_ok=True)
         predict_next = tool.make_step_function(model, pieces, step)  # fresh states
         if music_frames is not None:
-            predict_next = head.sampling(predict_next, errors,
+            predict_next = head.sampling(predict_next, tool.folded_errors(errors, fold),
                                          tool.SAMPLING[kind]["temperature"], rng)
-        synthesis = tool.make_synthesis(kind, pieces, way, tool.RealFrames(cache, cache.mean,
-                                                                           cache.std))
+        synthesis = tool.make_synthesis(kind, pieces, way, real)
         synthesis.prime(tool.denormalise(seeds, cache.mean, cache.std))
         predict_next = synthesis.steer(predict_next, music_frames if kind == "magnitude" else None)
         tool.write_pieces(predict_next, seeds, cache.mean, cache.std, seconds, paths, synthesis)

@@ -306,6 +306,46 @@ def test_spectra_note_the_nearest_real_frames(mc, cache, tmp_path):
     assert synthesis.copy_indices == [[7, 8, 9, 30]]
 
 
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-4), ("bfloat16", 2e-2)])
+def test_a_step_with_the_index_folded_in_chooses_as_the_full_one(mc, cache, dtype, tolerance):
+    """Grains read a prediction only through the index: folded into the output layer, the
+    step predicts the index's numbers directly, sampled errors included, and the same real
+    frames are chosen (in float32; in bfloat16 the numbers agree to its 8 significant bits)."""
+    cache, _ = cache
+    model = mc.build_model(mc.NUM_FEATURES, 8, 2)
+    head = mc.head_of(model)
+    # The network's normalisation differs from the cache's, as when the music changed.
+    real = mc.RealFrames(cache, cache.mean * 0.9 + 0.1, cache.std * 1.1)
+    errors = np.random.default_rng(0).normal(size=(6, mc.NUM_FEATURES)).astype(np.float32)
+    seeds = np.stack([cache.frames[2 : 2 + mc.WINDOW_FRAMES], cache.frames[20 : 20 + mc.WINDOW_FRAMES]])
+    outputs, choices = {}, {}
+    for folded in (False, True):
+        synthesis = mc.make_synthesis("magnitude", 2, "grains", real)
+        fold = mc.output_fold(synthesis, head) if folded else None
+        step = mc.make_step_function(model, 2, mc.compile_step(model, dtype, fold))
+        seen = []
+
+        def noted(frames, step=step, seen=seen):
+            seen.append(step(frames))
+            return seen[-1]
+
+        predict = mc.with_sampled_errors(noted, mc.folded_errors(errors, fold), 0.5,
+                                         np.random.default_rng(1))
+        synthesis.prime(mc.denormalise(seeds, cache.mean, cache.std))
+        list(mc.generate(synthesis.steer(predict), seeds, 12))
+        outputs[folded], choices[folded] = seen, np.array(synthesis.chosen)
+    assert outputs[True][0].shape == (2, len(cache.components))  # the index's width, not a frame's
+    for full, folded in zip(outputs[False], outputs[True]):
+        codes = real.encode(mc.denormalise(full, real.mean, real.std))
+        np.testing.assert_allclose(folded, codes, atol=tolerance * np.abs(codes).max())
+    if dtype == "float32":
+        np.testing.assert_array_equal(choices[True], choices[False])
+        assert len(np.unique(choices[True])) > 2  # the choices move: not one frame throughout
+    # Nothing to fold for spectra, or for a mixture, whose outputs are sampled before use.
+    assert mc.output_fold(mc.make_synthesis("magnitude", 2, "spectra", real), head) is None
+    assert mc.output_fold(synthesis, mc.make_head("mixture")) is None
+
+
 # -----------------------------------------------------------------------------
 # Through the real command line
 
