@@ -317,7 +317,7 @@ def test_a_step_with_the_index_folded_in_chooses_as_the_full_one(mc, cache, dtyp
     # The network's normalisation differs from the cache's, as when the music changed.
     real = mc.RealFrames(cache, cache.mean * 0.9 + 0.1, cache.std * 1.1)
     errors = np.random.default_rng(0).normal(size=(6, mc.NUM_FEATURES)).astype(np.float32)
-    seeds = np.stack([cache.frames[2 : 2 + mc.WINDOW_FRAMES], cache.frames[20 : 20 + mc.WINDOW_FRAMES]])
+    seeds = np.stack([cache.frames[start : start + mc.WINDOW_FRAMES] for start in (2, 20)])
     outputs, choices = {}, {}
     for folded in (False, True):
         synthesis = mc.make_synthesis("magnitude", 2, "grains", real)
