@@ -60,7 +60,8 @@ SEQUENCE_SECONDS = 8.0  # default length of a training sequence and a seed (--se
 FRAMES_PER_SECOND = SAMPLE_RATE / BLOCK_SIZE  # 4.0
 STD_FLOOR = 1e-8  # smallest standard deviation used to normalise a feature
 VALIDATION_FRACTION = 0.1  # the last tenth of each file is held out for val_loss
-CACHE_VERSION = 3  # bump when what the cache holds changes: old caches are rebuilt
+CACHE_VERSION = 4  # bump when what the cache holds changes: old caches are rebuilt
+# 4: each frame's place in the beat, and the music's pulse, for grains that keep the beat
 # 3: the recorded audio (16-bit) and a compressed index of the frames, for --synthesis grains
 CHECKPOINT_VERSION = 1
 CACHE_MANIFEST = "cache.json"
@@ -691,6 +692,32 @@ class RealFrames:
     def grains(self, indices):  # (pieces,) -> (pieces, WINDOW_SIZE) float32 recorded audio
         return np.stack([self.cache.grain(index) for index in indices])
 
+    def window_starts(self, indices):  # (pieces,) -> (pieces,) int64 samples into cache.audio
+        indices = np.asarray(indices)
+        files = np.searchsorted(self.cache.file_starts, indices, side="right") - 1
+        return ((indices + files) * BLOCK_SIZE).astype(np.int64)
+
+    def recording(self, start, count, index):
+        """(count,) float32: cache.audio[start : start + count], silent outside the file of
+        frame `index` (a moved grain must not reach into another file's music)."""
+        file = np.searchsorted(self.cache.file_starts, index, side="right") - 1
+        low = (self.cache.file_starts[file] + file) * BLOCK_SIZE
+        high = (self.cache.file_starts[file + 1] + file + 1) * BLOCK_SIZE
+        out = np.zeros(count, np.float32)
+        first, last = max(start, low), min(start + count, high)
+        if last > first:
+            out[first - start : last - start] = read_span(self.cache.audio, first, last - first) \
+                / np.float32(32768)
+        return out
+
+    def beat_shift(self, indices, phase):
+        """(pieces,) samples that move each frame's grain so that its beat falls where `phase`
+        says the beat has reached (by less than half a beat); 0 without a beat on either side."""
+        beats = self.cache.beats[np.asarray(indices)]
+        apart = np.mod(phase - beats[:, 0] + 0.5, 1.0) - 0.5
+        shift = apart * beats[:, 1] * SAMPLE_RATE
+        return np.where(np.isfinite(shift), shift, 0.0)
+
     def around(self, index, reach):
         """The frames within `reach` of frame `index` in its own file, as a slice."""
         starts = self.cache.file_starts
@@ -707,6 +734,45 @@ class RealFrames:
 
 SILENCE_BELOW_MUSIC_DB = 30.0  # frames this far below the music's RMS level count as silent
 JOIN_WEIGHT = 0.25  # weight of how unlike the last choice's successor a frame sounds (its join)
+STAY_WEIGHT = 0.6  # the successor's cost is scaled by this: units of several frames, not frames
+BEAT_PHASE_TOLERANCE = 0.08  # of a beat: how far from the beat's place a jump may land (before
+# its grain is moved onto it)
+ALIGN_REACH = 441  # samples (10 ms) either side that a jump's grain may move to fit the waveform
+
+
+@functools.cache
+def crossfade_shape():
+    """The odd part o(t) of a crossfade over one block, -1/2 to 1/2 (a half sine)."""
+    t = (np.arange(BLOCK_SIZE) + 0.5) / BLOCK_SIZE
+    return (0.5 * np.sin(np.pi * (t - 0.5))).astype(np.float32)
+
+
+def crossfade_gains(correlation):
+    """(fade out, fade in) over one block for two signals correlated by `correlation` (clipped
+    to 0..1) that keep the level of their sum: g_in = e + o, g_out = e - o, with e chosen so that
+    g_in^2 + g_out^2 + 2 r g_in g_out = 1 (Bristow-Johnson's crossfade). Unrelated sound (r = 0)
+    gets equal power, sin/cos, with no 3 dB dip half-way; identical sound (r = 1) equal gains
+    summing to 1, which keep the waveform."""
+    r = float(np.clip(correlation, 0.0, 1.0))
+    odd = crossfade_shape()
+    even = np.sqrt(np.maximum(1 - 2 * (1 - r) * np.square(odd), 0) / (2 * (1 + r)))
+    return even - odd, even + odd
+
+
+def best_alignment(outgoing, recording, reach):
+    """The offset in -reach..reach at which `recording` (len(outgoing) + 2 reach samples) best
+    continues `outgoing` over the block (normalised cross-correlation, as WSOLA does), and the
+    correlation of the two at that offset."""
+    from scipy.signal import correlate
+
+    products = correlate(recording, outgoing, mode="valid", method="fft")
+    energy = np.cumsum(np.concatenate([[0.0], np.square(recording, dtype=np.float64)]))
+    energy = energy[len(outgoing):] - energy[: -len(outgoing)]
+    fit = products / np.sqrt(np.maximum(energy, 1e-12))
+    offset = int(np.argmax(fit)) - reach
+    incoming = recording[reach + offset : reach + offset + len(outgoing)]
+    norms = float(np.linalg.norm(outgoing) * np.linalg.norm(incoming))
+    return offset, float(np.dot(outgoing, incoming) / norms) if norms > 0 else 0.0
 
 
 class GrainSynthesis:
@@ -714,10 +780,18 @@ class GrainSynthesis:
 
     Each predicted frame is matched to one real frame of the training music: the one that
     minimises its (squared) distance to the prediction plus JOIN_WEIGHT times its distance to
-    the real successor of the last choice. The successor itself joins perfectly, and a jump is
-    cheap where the two frames sound alike. That real frame is fed back in (steer), and its
-    recorded 0.5 s window is overlap-added with a Hann window (push): two choices in a row
-    play the recording exactly.
+    the real successor of the last choice; the successor's own cost is scaled by STAY_WEIGHT,
+    so the recording goes on while the predictions agree with it (a unit) and jumps where they
+    depart. That real frame is fed back in (steer), and its recording is played (push): a
+    successor simply continues it, sample for sample.
+
+    Where the music has a steady beat (the cache's beats), a jump lands where the beat goes on:
+    only to a frame whose place in the beat is within BEAT_PHASE_TOLERANCE of the place the
+    recording has reached, at a tempo within TEMPO_TOLERANCE; its grain is then moved by the
+    difference, so that its beats fall on the outgoing ones, and by up to ALIGN_REACH samples
+    more where the two waveforms fit best. Over the block of the join the outgoing recording
+    fades out as the incoming one fades in, with gains that keep the level for the correlation
+    the two have there (crossfade_gains).
     The copy guard: after `copy_limit` seconds played verbatim, the successor and every frame
     within that distance of it in the same file are ruled out for the next choice. Frames more
     than SILENCE_BELOW_MUSIC_DB below the music's level are never chosen.
@@ -730,23 +804,30 @@ class GrainSynthesis:
 
         self.real = real
         self.limit = max(1, int(round(copy_limit * FRAMES_PER_SECOND)))  # frames
-        self.tail = np.zeros((pieces, BLOCK_SIZE), np.float32)
         self.previous = np.full(pieces, -1)  # the last choice (-1: none yet)
         self.run = np.zeros(pieces, int)  # frames played verbatim up to the last choice
-        self.chosen = collections.deque()  # choices made, waiting to be sounded, in order
+        self.shift = np.zeros(pieces)  # samples the current unit's grains are moved by (beat)
+        self.chosen = collections.deque()  # (choices, shifts, jumps) waiting to be sounded
         self.copy_indices = [[] for _ in range(pieces)]  # every choice sounded, per piece
+        # What is sounding (push's side): the frame, and where its window starts in the cache's
+        # audio, moved as its grain is (-1: the seed's own audio, in self.ending).
+        self.sounding = np.full(pieces, -1)
+        self.position = np.full(pieces, -1, np.int64)
+        self.ending = np.zeros((pieces, BLOCK_SIZE), np.float32)
 
     def prime(self, frames):
         """Seeds (pieces, seed_frames, features), raw: the music goes on from the real frame
         nearest the seed's last (the very frame, for a clip of the training music)."""
         self.previous = self.real.nearest(frames[:, -1])
-        self.tail = self.real.grains(self.previous)[:, BLOCK_SIZE:] * hann()[BLOCK_SIZE:]
+        self.sounding = self.previous.copy()
+        self.position = self.real.window_starts(self.previous)
 
     def prime_with_audio(self, endings):
         """Start from real audio, the last 0.5 s of each seed (pieces, WINDOW_SIZE): the first
         block fades from it into the chosen frames, with no successor to prefer."""
-        self.tail = np.asarray(endings, np.float32)[:, BLOCK_SIZE:] * hann()[BLOCK_SIZE:]
+        self.ending = np.asarray(endings, np.float32)[:, BLOCK_SIZE:].copy()
         self.previous[:] = -1
+        self.position[:] = -1
 
     def folding(self):
         """Choosing reads a prediction only through its projection on the index: a network
@@ -760,9 +841,7 @@ class GrainSynthesis:
             predicted = predict_next(frames)  # the first call reads the whole seed
             if predicted.shape[-1] == NUM_FEATURES:
                 predicted = self.real.encode(denormalise(predicted, self.real.mean, self.real.std))
-            choices = self.choose_by_codes(predicted)
-            self.chosen.append(choices)
-            return self.real.for_network(choices)
+            return self.real.for_network(self.choose_by_codes(predicted))
 
         return predict
 
@@ -776,23 +855,73 @@ class GrainSynthesis:
         joined = np.where(successors >= 0, successors, self.previous)  # what a choice follows
         joins = self.real.distances(codes[np.maximum(joined, 0)])
         cost += JOIN_WEIGHT * np.where((self.previous >= 0)[:, None], joins, 0)
+        staying = np.flatnonzero(successors >= 0)
+        cost[staying, successors[staying]] *= STAY_WEIGHT
         cost[:, self.real.silent] = np.inf
         for piece, successor in enumerate(successors):
             if successor >= 0 and self.run[piece] >= self.limit:  # the copy guard
                 cost[piece, self.real.around(successor, self.limit)] = np.inf
+        phase, period = self.beat_reached()
+        self.keep_the_beat(cost, phase, period, successors)
         choices = np.argmin(cost, axis=1)
-        self.run = np.where(choices == successors, self.run + 1, 1)
+        jumps = choices != successors
+        self.shift = np.where(jumps, self.real.beat_shift(choices, phase), self.shift)
+        self.run = np.where(jumps, 1, self.run + 1)
         self.previous = choices
+        self.chosen.append((choices, self.shift.copy(), jumps))
         return choices
 
+    def beat_reached(self):
+        """(phase, period in s) of the beat where the next block starts, per piece: the last
+        choice's place in its beat a block on, moved as its grain is; nan without a beat."""
+        known = self.previous >= 0
+        beats = self.real.cache.beats[np.maximum(self.previous, 0)]
+        period = np.where(known, beats[:, 1], np.nan)
+        phase = np.mod(beats[:, 0] + (BLOCK_SIZE + self.shift) / (SAMPLE_RATE * period), 1.0)
+        return phase, period
+
+    def keep_the_beat(self, cost, phase, period, successors):
+        """Rules out, in place, every jump that would break a steady beat: frames whose place in
+        the beat or whose tempo differ from those reached (frames of music without a beat among
+        them). A piece whose every frame would be ruled out keeps its choices."""
+        beats = self.real.cache.beats
+        for piece in np.flatnonzero(np.isfinite(phase)):
+            apart = np.abs(np.mod(beats[:, 0] - phase[piece] + 0.5, 1.0) - 0.5)
+            fits = (apart <= BEAT_PHASE_TOLERANCE) \
+                & (np.abs(beats[:, 1] / period[piece] - 1) <= TEMPO_TOLERANCE)
+            if successors[piece] >= 0:
+                fits[successors[piece]] = True
+            ruled = np.where(fits, cost[piece], np.inf)
+            if np.isfinite(ruled).any():
+                cost[piece] = ruled
+
     def push(self, frames):  # the frames are the chosen ones; their recordings are played
-        choices = self.chosen.popleft()
-        for indices, choice in zip(self.copy_indices, choices):
-            indices.append(int(choice))
-        grains = self.real.grains(choices) * hann()
-        block = self.tail + grains[:, :BLOCK_SIZE]
-        self.tail = grains[:, BLOCK_SIZE:]
-        return block.astype(np.float32)
+        choices, shifts, jumps = self.chosen.popleft()
+        block = np.empty((len(choices), BLOCK_SIZE), np.float32)
+        for piece, (choice, shift, jump) in enumerate(zip(choices, shifts, jumps)):
+            self.copy_indices[piece].append(int(choice))
+            if jump:
+                block[piece], self.position[piece] = self.join(piece, choice, shift)
+            else:  # the recording goes on
+                self.position[piece] += BLOCK_SIZE
+                block[piece] = self.real.recording(self.position[piece], BLOCK_SIZE, choice)
+            self.sounding[piece] = choice
+        return block
+
+    def join(self, piece, choice, shift):
+        """The block of a jump to `choice`, its grain moved by `shift` samples and fitted to
+        the outgoing sound, and where its window then starts."""
+        if self.position[piece] < 0:
+            outgoing = self.ending[piece]
+        else:
+            outgoing = self.real.recording(self.position[piece] + BLOCK_SIZE, BLOCK_SIZE,
+                                           self.sounding[piece])
+        start = self.real.window_starts(np.array([choice]))[0] + int(round(shift))
+        around = self.real.recording(start - ALIGN_REACH, BLOCK_SIZE + 2 * ALIGN_REACH, choice)
+        offset, correlation = best_alignment(outgoing, around, ALIGN_REACH)
+        fade_out, fade_in = crossfade_gains(correlation)
+        incoming = around[ALIGN_REACH + offset : ALIGN_REACH + offset + BLOCK_SIZE]
+        return fade_out * outgoing + fade_in * incoming, start + offset
 
 
 class WithNearestFrames:
@@ -884,7 +1013,8 @@ class RunningStats:
 # [:WINDOW_SIZE]; and the frames' compressed index: components.npy (INDEX_DIMENSIONS,
 # NUM_FEATURES), the principal axes of the normalised frames, and codes.npy (num_frames,
 # INDEX_DIMENSIONS), every frame projected on them; levels.npy, each frame's window's RMS in
-# dB. A new cache is built in a temporary
+# dB; beats.npy (num_frames, 2), each frame's place in its file's beat (phase 0-1, period in s,
+# nan without a steady beat: see frame_beats). A new cache is built in a temporary
 # folder and renamed into place before the manifest is replaced, so a run killed at any moment
 # leaves the previous complete cache or no trusted cache at all.
 
@@ -903,6 +1033,8 @@ class FrameCache:
     audio: np.ndarray = None  # ((num_frames + num_files) * BLOCK_SIZE,) int16, memory-mapped
     codes: np.ndarray = None  # (num_frames, INDEX_DIMENSIONS) float32: the frames, compressed
     components: np.ndarray = None  # (INDEX_DIMENSIONS, NUM_FEATURES) float32: frames -> codes
+    beats: np.ndarray = None  # (num_frames, 2) float32: phase in the beat (0-1), period (s); nan
+    # where the music has no steady beat
 
     def grain(self, index):
         """Frame `index`'s 0.5 s of recorded audio, (WINDOW_SIZE,) float32 in [-1, 1]."""
@@ -960,8 +1092,10 @@ def load_cache(cache_dir, fingerprint):
         codes = np.load(folder / "codes.npy", allow_pickle=False)
         components = np.load(folder / "components.npy", allow_pickle=False)
         levels = np.load(folder / "levels.npy", allow_pickle=False)
+        beats = np.load(folder / "beats.npy", allow_pickle=False)
         kind, pitch_clarity = manifest["settings"]["frame"], float(manifest["pitch_clarity"])
         onset_rate = float(manifest["onset_rate"])
+        rhythm = (float(manifest["pulse"]), float(manifest["tempo_kept"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     expected = (manifest.get("num_frames"), NUM_FEATURES)
@@ -970,14 +1104,14 @@ def load_cache(cache_dir, fingerprint):
             or mel["mel_second_starts"][-1] != len(mel["mel_seconds"]) or kind not in FRAME_KINDS \
             or audio.shape != ((expected[0] + num_files) * BLOCK_SIZE,) \
             or codes.shape != (expected[0], len(components)) or levels.shape != expected[:1] \
-            or components.shape[1:] != (NUM_FEATURES,):
+            or components.shape[1:] != (NUM_FEATURES,) or beats.shape != (expected[0], 2):
         return None
     starts = mel["mel_second_starts"]
     reference = MusicReference(manifest["rms_db"], mel["mel_mean"], mel["mel_cov"],
                                [mel["mel_seconds"][a:b] for a, b in zip(starts[:-1], starts[1:])],
-                               pitch_clarity, onset_rate, levels)
+                               pitch_clarity, onset_rate, levels, *rhythm)
     return FrameCache(frames, file_starts, mean, std, manifest["files"], fingerprint,
-                      manifest["rms_db"], kind, reference, audio, codes, components)
+                      manifest["rms_db"], kind, reference, audio, codes, components, beats)
 
 
 def write_npy(path, array):
@@ -1031,6 +1165,7 @@ def write_raw_frames(music_paths, folder, kind):
 
     stats, file_starts, used, skipped = RunningStats(NUM_FEATURES), [0], [], []
     sum_squares, num_samples, pitch_counts, onsets, levels = 0.0, 0, np.zeros(2), [0], []
+    beats, pulses, tempo_kept = [], [], []
     filters, mel_total, mel_seconds = mel_filterbank(), LogMelStats(), []
     # Three threads share the work of a file about equally: this one reads the next file and
     # makes its frames, a writer puts the last file's frames and audio on disk and gathers its
@@ -1064,6 +1199,11 @@ def write_raw_frames(music_paths, folder, kind):
                                          filters, into=mel_total)
                 mel_seconds.append(file_mel.second_means())
                 onsets[0] += file_mel.onsets()
+                envelope = file_mel.onset_envelope()
+                beats.append(frame_beats(envelope, len(frames))[0])
+                file_pulses, file_kept = rhythm_windows(envelope)
+                pulses.extend(file_pulses)
+                tempo_kept.extend(file_kept)
 
             def measure_pitch(audio=audio):
                 pitch_counts[:] += pitch_clarity_counts(lambda start, stop: audio[start:stop],
@@ -1086,10 +1226,10 @@ def write_raw_frames(music_paths, folder, kind):
     rms_db = 10 * math.log10(max(sum_squares / max(num_samples, 1), 1e-20))
     reference = MusicReference(rms_db, *mel_total.mean_and_cov(), mel_seconds,
                                pitch_counts[0] / max(pitch_counts[1], 1),
-                               onsets[0] / max(num_samples / SAMPLE_RATE, 1e-9)) if used else None
-    if reference is not None:
-        reference.frame_levels = np.concatenate(levels)
-    return stats, np.array(file_starts, dtype=np.int64), used, skipped, reference
+                               onsets[0] / max(num_samples / SAMPLE_RATE, 1e-9),
+                               np.concatenate(levels),
+                               **rhythm_figures(pulses, tempo_kept)) if used else None
+    return stats, beats, np.array(file_starts, dtype=np.int64), used, skipped, reference
 
 
 INDEX_DIMENSIONS = 64  # principal components kept in the compressed index of the frames
@@ -1168,7 +1308,8 @@ def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_F
     shutil.rmtree(partial, ignore_errors=True)
     try:  # made inside the try: a Ctrl-C just after mkdir must not leave the folder behind
         partial.mkdir()
-        stats, file_starts, used, skipped, reference = write_raw_frames(music_paths, partial, kind)
+        stats, beats, file_starts, used, skipped, reference = write_raw_frames(music_paths, partial,
+                                                                             kind)
         if not used:
             raise UserError(no_music_message(dataset_dir, music_paths, skipped,
                                              list_music_folder(dataset_dir)[1]))
@@ -1182,6 +1323,7 @@ def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_F
         for name, array in [("file_starts", file_starts), ("mean", mean), ("std", std),
                             ("components", components), ("codes", codes),
                             ("levels", reference.frame_levels),
+                            ("beats", np.concatenate(beats).astype(np.float32)),
                             ("mel_mean", reference.mel_mean), ("mel_cov", reference.mel_cov),
                             ("mel_seconds", np.concatenate(seconds)),
                             ("mel_second_starts", np.cumsum([0] + [len(s) for s in seconds]))]:
@@ -1193,7 +1335,8 @@ def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_F
         manifest = {"fingerprint": fingerprint, "folder": folder_name, "settings":
                     preprocessing_settings(kind), "num_frames": int(file_starts[-1]),
                     "files": [name for name, _ in used], "rms_db": reference.rms_db,
-                    "pitch_clarity": reference.pitch_clarity, "onset_rate": reference.onset_rate}
+                    "pitch_clarity": reference.pitch_clarity, "onset_rate": reference.onset_rate,
+                    "pulse": reference.pulse, "tempo_kept": reference.tempo_kept}
         write_json_atomically(cache_dir / CACHE_MANIFEST, manifest)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -1250,7 +1393,7 @@ def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
     if older is not None:
         say(f"The frame cache in {cache_dir} was made by an older version of this tool "
             f"(cache version {older}, now {CACHE_VERSION}: it now keeps "
-            f"the music's recorded sound for --synthesis grains); rebuilding it.")
+            f"the music's beat, so that grains keep it); rebuilding it.")
     say(f"Building the frame cache in {cache_dir} from {len(music_paths)} music file(s)...")
     started = time.perf_counter()
     with disk_space_for(cache_dir, "the frame cache", "-t/--traindata-folder-path",
@@ -2479,11 +2622,15 @@ class LogMelStats:
         from scipy.ndimage import median_filter
         from scipy.signal import find_peaks
 
-        flux = np.concatenate(self.flux) if self.flux else np.zeros(0, np.float32)
+        flux = self.onset_envelope()
         if len(flux) < 3:
             return 0
         threshold = median_filter(flux, MEL_FRAMES_PER_SECOND, mode="nearest") + ONSET_RISE_DB
         return len(find_peaks(flux, height=threshold, distance=3)[0])
+
+    def onset_envelope(self):
+        """(values,) float32: the spectral flux, ONSETS_PER_SECOND values a second."""
+        return np.concatenate(self.flux) if self.flux else np.zeros(0, np.float32)
 
 
 def log_mel_stats(read_samples, num_samples, filters, into=None):
@@ -2494,6 +2641,187 @@ def log_mel_stats(read_samples, num_samples, filters, into=None):
         if into is not None:
             into.add(log_mel)
     return stats
+
+
+# Rhythm: the onset envelope is the spectral flux above, one value per log-mel hop (43 a second): how
+# much louder the bands got. A beat repeats in it, so its autocorrelation peaks at the beat's
+# period; the beats themselves are found by dynamic programming (Ellis, 2007, "Beat tracking
+# by dynamic programming"): the best chain of strong onsets about a period apart, each beat's
+# own position kept, so a piece that drifts or changes tempo is followed.
+
+ONSETS_PER_SECOND = SAMPLE_RATE / MEL_HOP  # onset envelope values a second: 43.07
+ONSET_DELAY_S = (MEL_HOP + MEL_WINDOW / 2) / SAMPLE_RATE + 0.008  # flux[t] measures the change
+# from log-mel window t to t + 1: a sound starting at time x shows at about t = x - this (the
+# 8 ms measured on click tracks)
+BEAT_PERIODS_S = (0.3, 1.2)  # beat periods looked for: 200 down to 50 beats a minute
+PULSE_WINDOW_S = 6.0  # the pulse figure's windows, 3 s apart
+STEADY_PULSE = 0.2  # a file whose pulse is below this has no steady beat: no beat rule for it
+TEMPO_TOLERANCE = 0.04  # two tempos within 4 % are one
+BEAT_ONSET_DB = 1.0  # an onset envelope varying less than this (std, dB) has no notes to beat:
+# a held chord's (0.3) or noise's (0.25) against 2 to 7 for music
+BEAT_TIGHTNESS = 100.0  # how dearly the beat tracker pays for a beat off the period (Ellis)
+
+
+def autocorrelation(envelope):
+    """The envelope's autocorrelation, its mean removed, normalised by lag 0 (zeros if flat)."""
+    from scipy import fft
+
+    centred = np.asarray(envelope, np.float64) - np.mean(envelope)
+    power = np.abs(fft.rfft(centred, 2 * len(centred))) ** 2
+    correlation = fft.irfft(power)[: len(centred)]
+    return correlation / correlation[0] if correlation[0] > 0 else np.zeros_like(correlation)
+
+
+def beat_lag(correlation, weighted=False):
+    """(lag in envelope values, fractional, and the correlation there) of the highest peak at
+    beat periods; weighted: favouring periods near 0.5 s (120 a minute) by a log-Gaussian an
+    octave wide, as a listener taps (Ellis) -- the pulse figure itself is unweighted."""
+    low = int(math.ceil(BEAT_PERIODS_S[0] * ONSETS_PER_SECOND))
+    high = min(int(BEAT_PERIODS_S[1] * ONSETS_PER_SECOND), len(correlation) - 2)
+    if high <= low:
+        return math.nan, 0.0
+    lags = np.arange(low, high + 1)
+    values = correlation[low : high + 1]
+    if weighted:
+        values = values * np.exp(-0.5 * np.log2(lags / (0.5 * ONSETS_PER_SECOND)) ** 2)
+    peak = int(lags[np.argmax(values)])
+    before, at, after = correlation[peak - 1 : peak + 2]
+    curvature = before - 2 * at + after
+    offset = 0.5 * (before - after) / curvature if curvature < 0 else 0.0
+    return peak + float(np.clip(offset, -0.5, 0.5)), float(at)
+
+
+def same_tempo(lag, reference_lag):
+    """Whether a beat lag is the reference's tempo, or twice or half of it (a listener may tap
+    either), within TEMPO_TOLERANCE."""
+    return any(abs(lag / (reference_lag * factor) - 1) <= TEMPO_TOLERANCE
+               for factor in (0.5, 1.0, 2.0))
+
+
+def rhythm_windows(envelope):
+    """Per 6-s window (3 s apart) of an onset envelope: its pulse, the autocorrelation's highest
+    peak at beat periods (near 0 without a beat, about 0.5 for music driven by drums), and
+    whether its tempo (the peak nearest a listener's 120 a minute, see beat_lag) is the whole
+    signal's. Empty lists for a signal shorter than one window."""
+    size, hop = int(PULSE_WINDOW_S * ONSETS_PER_SECOND), int(PULSE_WINDOW_S / 2 * ONSETS_PER_SECOND)
+    whole, _ = beat_lag(autocorrelation(envelope), weighted=True)
+    pulses, kept = [], []
+    for start in range(0, max(len(envelope) - size, 0) + 1, hop):
+        window = envelope[start : start + size]
+        if len(window) == size:
+            correlation = autocorrelation(window)
+            pulses.append(beat_lag(correlation)[1] if np.std(window) >= BEAT_ONSET_DB else 0.0)
+            kept.append(same_tempo(beat_lag(correlation, weighted=True)[0], whole))
+    return pulses, kept
+
+
+def rhythm_figures(pulses, kept):
+    """The pulse (median over the windows) and the share of the windows that keep the tempo."""
+    if not pulses:
+        return {"pulse": math.nan, "tempo_kept": math.nan}
+    return {"pulse": float(np.median(pulses)), "tempo_kept": float(np.mean(kept))}
+
+
+def local_periods(envelope, period):
+    """The beat period (in envelope values) at each value of the envelope: each 6-s window's
+    autocorrelation peak within 0.7 to 1.4 times the whole signal's `period` (so a window never
+    jumps an octave), median-filtered over three windows, interpolated between their centres."""
+    from scipy.signal import medfilt
+
+    size, hop = int(PULSE_WINDOW_S * ONSETS_PER_SECOND), int(PULSE_WINDOW_S / 2 * ONSETS_PER_SECOND)
+    low, high = int(0.7 * period), int(math.ceil(1.4 * period))
+    centres, lags = [], []
+    for start in range(0, max(len(envelope) - size, 0) + 1, hop):
+        correlation = autocorrelation(envelope[start : start + size])
+        if len(correlation) > high + 1:
+            centres.append(start + size / 2)
+            lags.append(low + int(np.argmax(correlation[low : high + 1])))
+    if len(lags) < 2:
+        return np.full(len(envelope), period)
+    lags = medfilt(np.array(lags, np.float64), 3) if len(lags) >= 3 else np.array(lags, float)
+    return np.interp(np.arange(len(envelope)), centres, lags)
+
+
+def track_beats(envelope):
+    """Beat times in seconds of a signal's onset envelope (empty when it has no steady beat),
+    and its pulse. Dynamic programming over the envelope: each value's best score is its own
+    onset strength plus the best earlier beat's score, less BEAT_TIGHTNESS times the squared
+    log of that beat's distance over the local period (Ellis, 2007, with the period followed
+    over time, so a tempo change is followed too)."""
+    pulse = rhythm_figures(*rhythm_windows(envelope))["pulse"]
+    period, _ = beat_lag(autocorrelation(envelope), weighted=True)
+    if not pulse >= STEADY_PULSE or math.isnan(period):
+        return np.zeros(0), pulse
+    periods = local_periods(envelope, period)
+    strength = np.asarray(envelope, np.float64) / max(float(np.std(envelope)), 1e-12)
+    nearest = max(int(periods.min() / 2), 1)
+    farthest = int(math.ceil(2 * periods.max()))
+    offsets = np.arange(farthest, nearest - 1, -1)  # how far back a previous beat may lie
+    score, back = strength.copy(), np.full(len(strength), -1)
+    padded = np.concatenate([np.full(farthest, -np.inf), score])
+    for start in range(nearest, len(score), nearest):  # a block's beats look back past it
+        stop = min(start + nearest, len(score))
+        rows = np.arange(start, stop)
+        # rows: t in the block; columns: t - farthest ... t - nearest, in padded coordinates
+        previous = np.lib.stride_tricks.sliding_window_view(
+            padded[start : stop + farthest - nearest + 1], len(offsets))[: stop - start]
+        ratio = offsets[None, :] / periods[rows, None]
+        candidates = previous - BEAT_TIGHTNESS * np.log(ratio) ** 2
+        candidates[(ratio < 0.5) | (ratio > 2)] = -np.inf
+        best = np.argmax(candidates, axis=1)
+        gain = candidates[np.arange(stop - start), best]
+        better = gain > 0
+        score[rows[better]] += gain[better]
+        back[rows[better]] = rows[better] - offsets[best[better]]
+        padded[farthest + start : farthest + stop] = score[start:stop]
+    tail = max(len(score) - int(round(periods[-1])), 0)
+    beat, beats = tail + int(np.argmax(score[tail:])), []
+    while beat >= 0:
+        beats.append(beat)
+        beat = back[beat]
+    return refined_peaks(strength, np.array(beats[::-1])) / ONSETS_PER_SECOND + ONSET_DELAY_S, \
+        pulse
+
+
+def refined_peaks(values, indices):
+    """Indices moved by a fraction of a value towards where a parabola through each one and its
+    neighbours peaks (when it is a peak): beats finer than the envelope's 23 ms steps."""
+    inside = (indices > 0) & (indices < len(values) - 1)
+    at = indices[inside]
+    before, centre, after = values[at - 1], values[at], values[at + 1]
+    curvature = before - 2 * centre + after
+    peak = (curvature < 0) & (centre >= before) & (centre >= after)
+    offset = np.where(peak, 0.5 * (before - after) / np.where(peak, curvature, -1), 0.0)
+    refined = indices.astype(np.float64)
+    refined[inside] += np.clip(offset, -0.5, 0.5)
+    return refined
+
+
+def beat_phases(beat_times, times):
+    """(phase in beats 0 to 1, period in seconds) of the beat at each of `times` (seconds),
+    interpolated between the beats and extrapolated past the first and last; nan where there
+    is no beat."""
+    times = np.asarray(times, np.float64)
+    if len(beat_times) < 2:
+        return np.full(len(times), np.nan, np.float32), np.full(len(times), np.nan, np.float32)
+    count = np.interp(times, beat_times, np.arange(len(beat_times)),
+                      left=np.nan, right=np.nan)
+    first, last = beat_times[1] - beat_times[0], beat_times[-1] - beat_times[-2]
+    before, after = times < beat_times[0], times > beat_times[-1]
+    count[before] = (times[before] - beat_times[0]) / first
+    count[after] = len(beat_times) - 1 + (times[after] - beat_times[-1]) / last
+    periods = np.diff(beat_times)
+    period = periods[np.clip(np.floor(count).astype(int), 0, len(periods) - 1)]
+    return np.mod(count, 1.0).astype(np.float32), period.astype(np.float32)
+
+
+def frame_beats(envelope, num_frames):
+    """Each frame's place in its file's beat, (num_frames, 2) float32: the phase (0 to 1) and
+    the period (s) at the first sample of the frame's window (where a grain chosen for it
+    starts), nan for music with no steady beat; and the file's pulse."""
+    beat_times, pulse = track_beats(envelope)
+    starts = (np.arange(num_frames) * BLOCK_SIZE - BLOCK_SIZE / 2) / SAMPLE_RATE
+    return np.stack(beat_phases(beat_times, starts), axis=1), pulse
 
 
 def movement_of(second_means):
@@ -2636,6 +2964,8 @@ class MusicReference:
     pitch_clarity: float = math.nan  # share of the music's audible time that is clearly pitched
     onset_rate: float = math.nan  # notes starting per second in the music
     frame_levels: np.ndarray = None  # (num_frames,) RMS dB of each frame's window
+    pulse: float = math.nan  # the music's pulse (see rhythm_windows)
+    tempo_kept: float = math.nan  # share of the music's 6-s windows that keep its file's tempo
 
     def movement(self, seconds):
         """The training music's movement in pieces of `seconds` (whole files when shorter)."""
@@ -2680,7 +3010,9 @@ def measure_piece(samples, reference, scale=1.0):
             "onsets_per_s": stats.onsets() / seconds if seconds else math.nan,
             "music_onsets_per_s": reference.onset_rate,
             "structure": structure_of(stats.second_means()),
-            "music_structure": reference.structure(len(samples) // SAMPLE_RATE)}
+            "music_structure": reference.structure(len(samples) // SAMPLE_RATE),
+            **rhythm_figures(*rhythm_windows(stats.onset_envelope())),
+            "music_pulse": reference.pulse, "music_tempo_kept": reference.tempo_kept}
 
 
 class WavSamples:
@@ -2714,7 +3046,9 @@ def report_quality(paths, reference, skip_seconds, copies):
         f"{100 * reference.pitch_clarity:.0f}% clearly pitched, {reference.onset_rate:.1f} "
         f"notes/s): level of the first and last second, clicks (1.0 = none), spectral distance "
         f"(lower is closer), movement (about 1 for music, near 0 for noise or a held chord), "
-        f"pitch clarity (share of the time with clear pitch), notes starting per second, and "
+        f"pitch clarity (share of the time with clear pitch), notes starting per second, the "
+        f"pulse (how strongly it beats: music {reference.pulse:.2f}) and the share of 6-s "
+        f"windows that keep the piece's tempo (music {100 * reference.tempo_kept:.0f}%), and "
         f"the longest stretch of the training music played back verbatim.")
     return [report_piece(path, reference, skip, copied)
             for path, skip, copied in zip(paths, skip_seconds, copies)]
@@ -2731,8 +3065,8 @@ def report_piece(path, reference, skip_seconds, copied):
         f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f} | "
         f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | "
         f"{figures['onsets_per_s']:.1f} notes/s | structure {figures['structure']:.2f} (music "
-        f"{figures['music_structure']:.2f}) | "
-        f"verbatim: longest "
+        f"{figures['music_structure']:.2f}) | pulse {figures['pulse']:.2f}, tempo kept "
+        f"{100 * figures['tempo_kept']:.0f}% | verbatim: longest "
         f"{figures['longest_verbatim_s']:.2f} s, {100 * figures['verbatim_2s_share']:.0f}% "
         f"in stretches of 2 s or more")
     return figures

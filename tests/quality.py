@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What music-composer.py's music sounds like, in figures: the quality benchmark (issue 7).
 
-    python3 tests/quality.py                    # both sets, both kinds of frame: 1 h on a CPU
+    python3 tests/quality.py                    # all three sets, both kinds of frame: 2 h on a CPU
     python3 tests/quality.py --temperatures 0,1 # also generate with these temperatures
     python3 tests/quality.py --frames magnitude --variants "grains=--synthesis grains" \
         --variants "spectra=--synthesis spectra"   # also generate with these flags
@@ -18,6 +18,9 @@ report the tool writes beside each piece (NAME-i.json). The sets:
 - soundtrack: the music of Debian's extremetuxracer-data package, fetched with
   `apt-get download` (no root needed) and unpacked with dpkg-deb; its OGG files are converted
   to 16-bit WAV with soundfile (libsndfile). race1-jt.ogg is held out of training.
+- beat: the music of Debian's xmoto-data package (GPL-2+), 11 minutes of rock and electronic
+  game music with drums and a steady beat, fetched and converted the same way; speeditup.ogg
+  is held out of training.
 
 The held-out piece is measured against the training music exactly as a generated piece is: its
 spectral distance is the target a generated piece should reach. Not part of the CI suite.
@@ -42,6 +45,7 @@ SCRIPT = HERE.parent / "music-composer.py"
 RATE = 44_100
 PIECE_SECONDS = 30
 HELD_OUT_SOUNDTRACK = "race1-jt"
+HELD_OUT_BEAT = "speeditup"
 TARGETS = "level within 6 dB of the music, |last - first| <= 3 dB, clicks <= 1.2, " \
           "movement 0.7-1.4, distance <= the held-out piece's, pitch clarity within 10 % of " \
           "the music's, longest verbatim stretch <= 5 s, time in verbatim stretches of 2 s or " \
@@ -58,7 +62,7 @@ def load_tool():
 
 
 # -----------------------------------------------------------------------------
-# The two training sets
+# The training sets
 
 
 def write_wav(path, audio):
@@ -77,36 +81,44 @@ def synthetic_set(tool, folder):
     return folder / "train", folder / "held-out" / "melody-other-notes.wav"
 
 
-def soundtrack_set(folder):
-    """extremetuxracer-data's OGG soundtrack as 16-bit WAV files, one piece held out."""
+# The sets of real music: a Debian package of game music, its files converted to WAV, one held
+# out. name: (package, where its music lies inside it, the held-out file's stem)
+DEBIAN_SETS = {"soundtrack": ("extremetuxracer-data", "usr/share/games/etr/music/*.ogg",
+                              HELD_OUT_SOUNDTRACK),
+               "beat": ("xmoto-data", "usr/share/games/xmoto/Textures/Musics/*.ogg",
+                        HELD_OUT_BEAT)}
+
+
+def debian_set(folder, package, pattern, held_out):
+    """A Debian package's OGG music as 16-bit WAV files, the piece `held_out` kept apart."""
     try:
         import soundfile
     except ImportError:
-        sys.exit("The soundtrack set needs soundfile: pip install -r requirements-test.txt")
+        sys.exit("The sets of real music need soundfile: pip install -r requirements-test.txt")
     download = folder / "download"
     download.mkdir(parents=True, exist_ok=True)
-    if not list(download.glob("extremetuxracer-data_*.deb")):
-        print("Fetching extremetuxracer-data with apt-get download...", flush=True)
-        fetched = subprocess.run(["apt-get", "download", "extremetuxracer-data"], cwd=download,
+    if not list(download.glob(f"{package}_*.deb")):
+        print(f"Fetching {package} with apt-get download...", flush=True)
+        fetched = subprocess.run(["apt-get", "download", package], cwd=download,
                                  capture_output=True, text=True)
         if fetched.returncode != 0:
-            sys.exit(f"apt-get download extremetuxracer-data failed (try `apt-get update` "
+            sys.exit(f"apt-get download {package} failed (try `apt-get update` "
                      f"first):\n{fetched.stderr}")
-    package = next(download.glob("extremetuxracer-data_*.deb"))
+    deb = next(download.glob(f"{package}_*.deb"))
     unpacked = folder / "unpacked"
     if not unpacked.exists():
-        subprocess.run(["dpkg-deb", "-x", str(package), str(unpacked)], check=True)
-    oggs = sorted(unpacked.glob("usr/share/games/etr/music/*.ogg"))
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
+    oggs = sorted(unpacked.glob(pattern))
     if not oggs:
-        sys.exit(f"No OGG files under {unpacked}/usr/share/games/etr/music/")
+        sys.exit(f"No OGG files in {unpacked}/{pattern}")
     for ogg in oggs:
-        part = "held-out" if ogg.stem == HELD_OUT_SOUNDTRACK else "train"
+        part = "held-out" if ogg.stem == held_out else "train"
         wav = folder / part / f"{ogg.stem}.wav"
         if not wav.exists():
             audio, rate = soundfile.read(ogg, dtype="float32")
             wav.parent.mkdir(parents=True, exist_ok=True)
             soundfile.write(wav, audio, rate, subtype="PCM_16")
-    return folder / "train", folder / "held-out" / f"{HELD_OUT_SOUNDTRACK}.wav"
+    return folder / "train", folder / "held-out" / f"{held_out}.wav"
 
 
 # -----------------------------------------------------------------------------
@@ -278,7 +290,7 @@ def print_table(results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default="synthetic,soundtrack")
+    parser.add_argument("--sets", default="synthetic,soundtrack,beat")
     parser.add_argument("--frames", default="magnitude,plain",
                         help="kinds of frame to compare (the tool's --frames)")
     parser.add_argument("--work", type=Path, default=HERE.parent / "quality-runs")
@@ -313,10 +325,10 @@ def main():
     for name in args.sets.split(","):
         if name == "synthetic":
             train_folder, held_out = synthetic_set(tool, args.work / "synthetic")
-        elif name == "soundtrack":
-            train_folder, held_out = soundtrack_set(args.work / "soundtrack")
+        elif name in DEBIAN_SETS:
+            train_folder, held_out = debian_set(args.work / name, *DEBIAN_SETS[name])
         else:
-            sys.exit(f"unknown set {name!r}: choose from synthetic, soundtrack")
+            sys.exit(f"unknown set {name!r}: choose from synthetic, {', '.join(DEBIAN_SETS)}")
         for frames in args.frames.split(","):
             run_folder = args.work / f"{name}-{frames}"
             if args.report_only or args.reuse:

@@ -153,12 +153,14 @@ def test_a_cache_of_the_previous_version_is_rebuilt_with_a_message(mc, tmp_path,
     manifest_path = tmp_path / "cache" / mc.CACHE_MANIFEST
     manifest = json.loads(manifest_path.read_text())
     # What the previous version wrote: its settings, so its fingerprint, differ.
-    manifest["settings"]["cache_version"], manifest["fingerprint"] = 2, "0123456789abcdef"
+    manifest["settings"]["cache_version"], manifest["fingerprint"] = 3, "0123456789abcdef"
     manifest_path.write_text(json.dumps(manifest))
     capsys.readouterr()
     rebuilt = mc.prepare_cache(music, tmp_path / "cache")
-    assert "older version of this tool (cache version 2, now 3" in capsys.readouterr().out
+    assert f"older version of this tool (cache version 3, now {mc.CACHE_VERSION}" \
+        in capsys.readouterr().out
     assert rebuilt.audio.shape == ((len(rebuilt.frames) + 1) * mc.BLOCK_SIZE,)
+    assert rebuilt.beats.shape == (len(rebuilt.frames), 2)
 
 
 # -----------------------------------------------------------------------------
@@ -200,11 +202,11 @@ def test_grains_feed_back_real_frames_and_play_their_recordings(mc, cache, tmp_p
     fed = []
 
     def predictor(real):
-        inner = memorised(cache, real, noise=0.5, seed=3)
+        rng = np.random.default_rng(3)
 
-        def predict_next(frames):
+        def predict_next(frames):  # a random real frame of the music each time: many jumps
             fed.append(np.array(frames))
-            return inner(frames)
+            return real.for_network(rng.integers(len(cache.frames), size=len(frames)))
 
         return predict_next
 
@@ -214,15 +216,25 @@ def test_grains_feed_back_real_frames_and_play_their_recordings(mc, cache, tmp_p
     # After the seed, everything fed back in is a real frame of the music, the one chosen.
     for frames, choice in zip(fed[1:], choices):  # fed[0]: the seed, read at once
         np.testing.assert_allclose(frames[0], cache.frames[choice], atol=1e-5)
-    # Each block is the overlap-add of the chosen windows' recordings.
-    window = mc.hann()
-    previous = 2 + mc.WINDOW_FRAMES - 1
+    # A jump's block starts with the outgoing recording and ends in the chosen window's, each
+    # moved by at most half a beat's tolerance and ALIGN_REACH samples.
+    reach = mc.ALIGN_REACH + int(mc.BEAT_PHASE_TOLERANCE * 1.2 * RATE)
+
+    def somewhere_in(part, recording, start):
+        return min(np.abs(part - recording[start + offset : start + offset + len(part)]).max()
+                   for offset in range(-min(reach, start), reach + 1)) < 2e-3
+
+    previous, jumps = 2 + mc.WINDOW_FRAMES - 1, 0
     for block, choice in enumerate(choices):
-        expected = cache.grain(previous)[mc.BLOCK_SIZE:] * window[mc.BLOCK_SIZE:] \
-            + cache.grain(choice)[: mc.BLOCK_SIZE] * window[: mc.BLOCK_SIZE]
         got = samples[block * mc.BLOCK_SIZE : (block + 1) * mc.BLOCK_SIZE]
-        np.testing.assert_allclose(got, expected, atol=2e-4)
+        if choice != previous + 1:
+            jumps += 1
+            assert somewhere_in(got[:200], np.concatenate([cache.grain(previous),
+                                                          np.zeros(reach, np.float32)]),
+                                mc.BLOCK_SIZE)
+            assert somewhere_in(got[-200:], cache.grain(choice), mc.BLOCK_SIZE - 200)
         previous = choice
+    assert jumps >= 2  # (a stretch played on is checked against the recording below)
 
 
 def test_the_copy_guard_holds_on_a_model_that_memorised_its_music(mc, cache, tmp_path):
@@ -261,11 +273,14 @@ def test_grains_continue_a_seed_wav_with_a_crossfade(mc, cache, tmp_path):
     assert len(samples) == 5 * RATE
     unchanged = len(prefix) - mc.BLOCK_SIZE
     np.testing.assert_allclose(samples[:unchanged], prefix[:unchanged], atol=1e-4)
-    # The join block fades the prefix's last block out as the first grain fades in.
+    # The join block fades the prefix's last block out as the first grain fades in, keeping
+    # the level of their sum: it starts as the prefix and ends as the grain's recording.
     first = synthesis.copy_indices[0][0]
-    expected = prefix[unchanged:] * mc.hann()[mc.BLOCK_SIZE:] \
-        + cache.grain(first)[: mc.BLOCK_SIZE] * mc.hann()[: mc.BLOCK_SIZE]
-    np.testing.assert_allclose(samples[unchanged : len(prefix)], expected, atol=2e-4)
+    join = samples[unchanged : len(prefix)]
+    np.testing.assert_allclose(join[:20], prefix[unchanged : unchanged + 20], atol=2e-3)
+    window = cache.grain(first)
+    assert min(np.abs(join[-60:] - window[mc.BLOCK_SIZE - 60 + offset : mc.BLOCK_SIZE + offset])
+               .max() for offset in range(-mc.ALIGN_REACH, mc.ALIGN_REACH + 1)) < 2e-2
 
 
 def test_grains_never_choose_silence(mc, tmp_path):
@@ -288,7 +303,7 @@ def test_grains_never_choose_silence(mc, tmp_path):
     predict = synthesis.steer(lambda frames: quiet[None].copy())
     for _ in range(20):
         predict(None)
-    chosen = np.concatenate(list(synthesis.chosen))
+    chosen = np.concatenate([choices for choices, _, _ in synthesis.chosen])
     assert len(chosen) == 20 and not set(chosen) & set(silent)
     # The frame levels are those of the windows' recorded audio.
     window = cache.grain(5)
