@@ -2091,8 +2091,9 @@ def write_preview(model, cache, config, epoch):
     length = min(seed_length(cache, config), int(cache.file_starts[1]))
     seed = denormalise(np.asarray(cache.frames[None, :length]), cache.mean, cache.std)
     say(f"Preview after epoch {epoch}:")
-    synthesis = sound_pieces(model, cache, config, cache.mean, cache.std,
-                             np.random.default_rng(epoch), seed, [path], PREVIEW_SECONDS)
+    synthesis, (path,) = sound_pieces(model, cache, config, cache.mean, cache.std,
+                                      np.random.default_rng(epoch), seed, [path],
+                                      PREVIEW_SECONDS)
     figures = report_piece(path, cache.reference, 0.0,
                            copy_figures(synthesis.copy_indices[0], cache.file_starts))
     return figures, path
@@ -2410,16 +2411,22 @@ def read_seed_wavs(paths, kind, seconds=WINDOW_FRAMES / FRAMES_PER_SECOND):
     return np.stack(frames), prefixes, np.stack(endings)
 
 
-def output_paths(output_name, count):
-    """NAME-i.wav for the first `count` numbers whose .wav, .png and .json are all free:
-    nothing is overwritten."""
-    paths, index = [], 0
+def output_paths(output_name, count, first=0):
+    """NAME-i.wav for the first `count` numbers from `first` whose .wav, .png and .json are all
+    free: nothing is overwritten."""
+    paths, index = [], first
     while len(paths) < count:
         path = Path(f"{output_name}-{index}.wav")
         if not any(os.path.lexists(path.with_suffix(suffix)) for suffix in (".wav", ".png", ".json")):
             paths.append(path)
         index += 1
     return paths
+
+
+def next_free_path(path):
+    """The next NAME-i.wav after `path` (NAME-j.wav, j < i) whose three names are free."""
+    stem, _, number = path.stem.rpartition("-")
+    return output_paths(path.with_name(stem), 1, int(number) + 1)[0]
 
 
 def to_pcm16(blocks):
@@ -2449,10 +2456,23 @@ class WavWriters:
             handle.writeframes(samples.tobytes())
 
     def finish(self):
+        """Each piece under its final name; where another run took that name meanwhile, under
+        the next free number, said so. Returns the final paths."""
+        final = []
         for handle, temporary, path in zip(self.files, self.temporary, self.paths):
             handle.close()
-            os.link(temporary, path)  # fails rather than overwrite a file that appeared meanwhile
+            taken = path
+            while True:
+                try:
+                    os.link(temporary, path)  # fails rather than overwrite a file made meanwhile
+                    break
+                except FileExistsError:
+                    path = next_free_path(path)
+            if path != taken:
+                say(f"{taken} was written by another run meanwhile: this piece is {path}.")
             temporary.unlink()
+            final.append(path)
+        return final
 
     def discard(self):
         for handle, temporary in zip(self.files, self.temporary):
@@ -2485,7 +2505,8 @@ def wait_quietly(future):
 def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, prefixes=None,
                  ctrl_c=None):
     """Generate every piece together, one frame at a time, and stream them into WAV files,
-    each after its prefix (the end of a --seed-wav file) when there is one.
+    each after its prefix (the end of a --seed-wav file) when there is one. Returns the paths
+    written (see WavWriters.finish).
 
     With overlapping frames the first generated block overlaps the prefix's last one: the prefix
     is written up to there, and that block fades from it into the new music."""
@@ -2516,7 +2537,7 @@ def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, pref
                 report(index + 1)
             pending.result()
             ctrl_c.check()
-            writers.finish()
+            return writers.finish()
         except BaseException:
             if pending is not None:
                 wait_quietly(pending)  # the thread must be done with the files first
@@ -3089,7 +3110,7 @@ def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds
                  endings=None):
     """Generate a piece from each seed (pieces, seed_frames, features), raw, the configured way,
     into `paths`; endings: the last 0.5 s of --seed-wav files, whose prefixes start the pieces.
-    Returns the synthesis, which knows the pieces' copy indices."""
+    Returns the synthesis, which knows the pieces' copy indices, and the paths written."""
     synthesis = make_synthesis(config.frames, len(raw_seeds), config.synthesis,
                                RealFrames(cache, mean, std), config.copy_limit)
     synthesis.prime(raw_seeds)
@@ -3106,9 +3127,9 @@ def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds
             predict_next = head.sampling(predict_next, folded_errors(errors, fold),
                                          config.temperature, rng)
         predict_next = synthesis.steer(predict_next, music_frames)
-        write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, seconds,
-                     paths, synthesis, prefixes, ctrl_c)
-    return synthesis
+        paths = write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, seconds,
+                             paths, synthesis, prefixes, ctrl_c)
+    return synthesis, paths
 
 
 def compose(model, cache, config, mean, std, rng, seed_wavs=None):
@@ -3126,8 +3147,8 @@ def compose(model, cache, config, mean, std, rng, seed_wavs=None):
             f"{length / FRAMES_PER_SECOND:g} s clips of the training music, sounded as "
             f"{config.synthesis}...")
     paths = output_paths(config.output_name, len(raw_seeds))
-    synthesis = sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths,
-                             config.seconds, prefixes, None if seed_wavs is None else endings)
+    synthesis, paths = sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths,
+                                    config.seconds, prefixes, None if seed_wavs is None else endings)
     say(f"Wrote {len(paths)} piece(s).")
     seed_ends = [0.0 if prefix is None else len(prefix) / SAMPLE_RATE
                  for prefix in prefixes or [None] * len(paths)]

@@ -196,6 +196,58 @@ def held_out_figures(tool, train_folder, run_folder, held_out, frames):
             tool.measure_piece(rebuilt, cache.reference))
 
 
+# -----------------------------------------------------------------------------
+# Can the pieces be told from the music? A classifier on 3-s stretches
+
+STRETCH_SECONDS = 3
+
+
+def stretch_features(tool, audio):
+    """(stretches, features): each 3-s stretch's log-mel mean and spread per band, and the mean,
+    spread and 90th percentile of its onset envelope (how its notes start and its joins show)."""
+    filters, size = tool.mel_filterbank(), STRETCH_SECONDS * RATE
+    rows = []
+    for start in range(0, len(audio) - size + 1, size):
+        mel = tool.log_mel_frames(audio[start : start + size], filters)
+        flux = np.maximum(np.diff(mel, axis=0), 0).mean(axis=1)
+        rows.append(np.concatenate([mel.mean(axis=0), mel.std(axis=0),
+                                    [flux.mean(), flux.std(), np.percentile(flux, 90)]]))
+    return np.array(rows)
+
+
+def music_stretches(tool, train_folder, count, seed=0):
+    """`count` random 3-s stretches of the training music, from its WAV files."""
+    rng = np.random.default_rng(seed)
+    audios = [tool.read_wav(path)[0] for path in sorted(train_folder.glob("*.wav"))]
+    audios = [audio for audio in audios if len(audio) > STRETCH_SECONDS * RATE]
+    stretches = []
+    for _ in range(count):
+        audio = audios[rng.integers(len(audios))]
+        start = rng.integers(len(audio) - STRETCH_SECONDS * RATE)
+        stretches.append(audio[start : start + STRETCH_SECONDS * RATE])
+    return stretch_features(tool, np.concatenate(stretches))
+
+
+def told_apart(tool, audios, train_folder):
+    """How often a classifier tells 3-s stretches of `audios` from as many of the training
+    music: the better of a logistic regression and a random forest, cross-validated (5 folds).
+    0.5 is chance: it cannot tell them apart."""
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pieces = np.concatenate([stretch_features(tool, audio) for audio in audios])
+    music = music_stretches(tool, train_folder, len(pieces))
+    features = np.concatenate([pieces, music])
+    labels = np.r_[np.ones(len(pieces)), np.zeros(len(music))]
+    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    return max(float(np.mean(cross_val_score(model, features, labels, cv=folds)))
+               for model in (make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+                             RandomForestClassifier(200, random_state=0)))
+
+
 def summary(reports, held_out_pair, seconds):
     """Medians over the pieces, and how many pieces meet each target."""
     held_out, rebuilt = held_out_pair
@@ -240,6 +292,12 @@ def summary(reports, held_out_pair, seconds):
             "verbatim_2s_share": round(share("verbatim_2s_share"), 3),
             "held_out_longest_verbatim_s": held_out["longest_verbatim_s"],
             "held_out_rebuilt_clicks": round(rebuilt["clicks"], 2),
+            "pulse": round(share("pulse"), 2),
+            "music_pulse": round(reports[0].get("music_pulse", float("nan")), 2),
+            "held_out_pulse": round(held_out.get("pulse", float("nan")), 2),
+            "tempo_kept": round(share("tempo_kept"), 2),
+            "music_tempo_kept": round(reports[0].get("music_tempo_kept", float("nan")), 2),
+            "held_out_tempo_kept": round(held_out.get("tempo_kept", float("nan")), 2),
             "meet": {"level": sum(level_ok),
                      "fade": sum(abs(r["last_second_db"] - r["first_second_db"]) <= 3
                                  for r in reports),
@@ -261,10 +319,14 @@ def print_table(results):
     print("pitch: share of the time clearly pitched, piece / music / held-out / rebuilt; "
           "notes/s: onsets per second, piece / music / held-out; structure: correlation of the "
           "1-s spectra 2-8 s apart, piece / music / held-out; verbatim: longest stretch (s) "
-          "and share of time in stretches of 2 s or more.")
+          "and share of time in stretches of 2 s or more; pulse and tempo: the beat's strength and "
+          "the share of 6-s windows keeping the piece's tempo, piece / music / held-out; told "
+          "apart: how often a classifier tells 3-s stretches from the training music, pieces / "
+          "held-out piece (0.5: chance).")
     header = (f"{'set':<11}{'frames':<10}{'sampling':<10}{'music dB':>9}{'first':>7}{'last':>7}"
               f"{'clicks':>7}{'move':>6}{'distance':>9}{'held-out':>9}{'rebuilt':>8}"
-              f"{'pitch':>22}{'notes/s':>15}{'structure':>16}{'verbatim':>11}"
+              f"{'pitch':>22}{'notes/s':>15}{'structure':>16}{'verbatim':>11}{'pulse':>16}"
+              f"{'tempo':>16}{'told apart':>11}"
               f"  meet (level/fade/clicks/movement/distance/pitch/copy)")
     print(header)
     for (name, frames, label), figures in results.items():
@@ -274,6 +336,11 @@ def print_table(results):
             "pitch_clarity", "music_pitch_clarity", "held_out_pitch_clarity",
             "held_out_rebuilt_pitch_clarity"))
         verbatim = f"{figures['longest_verbatim_s']:.1f}/{100 * figures['verbatim_2s_share']:.0f}%"
+        pulse = "/".join(f"{figures[key]:.2f}" for key in ("pulse", "music_pulse",
+                                                          "held_out_pulse"))
+        tempo = "/".join(f"{100 * figures[key]:.0f}" for key in ("tempo_kept", "music_tempo_kept",
+                                                                "held_out_tempo_kept"))
+        told = f"{figures['told_apart']:.2f}/{figures['held_out_told_apart']:.2f}"
         structure = "/".join(f"{figures[key]:.2f}" for key in (
             "structure", "music_structure", "held_out_structure"))
         notes = "/".join(f"{figures[key]:.1f}" for key in (
@@ -283,7 +350,7 @@ def print_table(results):
               f"{figures['clicks']:>7}{figures['movement']:>6}"
               f"{figures['spectral_distance']:>9}{figures['held_out_distance']:>9}"
               f"{figures['held_out_rebuilt_distance']:>8}{pitch:>22}{notes:>15}{structure:>16}"
-              f"{verbatim:>11}  "
+              f"{verbatim:>11}{pulse:>16}{tempo:>16}{told:>11}  "
               f"{meet} of {figures['pieces']}")
 
 
@@ -361,10 +428,14 @@ def main():
                                                frames).reference
                 runs = [(label, remeasured(tool, reports, run_folder, reference), seconds)
                         for label, reports, seconds in runs]
+            held_out_told = told_apart(tool, [tool.read_wav(held_out)[0]], train_folder)
             for label, reports, seconds in runs:
                 if not reports:  # --report-only: that row was never generated
                     continue
                 figures = summary(reports, held_out_pair, seconds)
+                pieces = [tool.read_wav(run_folder / report["file"])[0] for report in reports]
+                figures.update(told_apart=round(told_apart(tool, pieces, train_folder), 2),
+                               held_out_told_apart=round(held_out_told, 2))
                 results[(name, frames, label)] = figures
                 print(json.dumps({"set": name, "frames": frames, "sampling": label, **figures}),
                       flush=True)

@@ -25,6 +25,8 @@ def test_quality_benchmark_runs_and_summarises_both_kinds(tmp_path):
     for row in rows.values():
         assert row["pieces"] == 2 and row["music_db"] < 0 and row["clicks"] > 0
         assert row["held_out_distance"] > 0
+        assert 0.0 <= row["told_apart"] <= 1.0 and 0.0 <= row["held_out_told_apart"] <= 1.0
+        assert {"pulse", "music_pulse", "tempo_kept", "music_tempo_kept"} <= set(row)
     # Plain frames invert exactly, so the held-out piece rebuilt from them measures as itself;
     # magnitude frames lose the phase, and the rebuilt piece is further from the music.
     plain, magnitude = rows[("plain", "default")], rows[("magnitude", "default")]

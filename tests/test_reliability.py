@@ -416,3 +416,51 @@ def test_long_generation_streams_to_disk(music, tmp_path):
     assert long < short * 1.05, (short, long)  # a 60 MB growth was caught at this bound
     for path in tmp_path.glob("long-*.wav"):
         path.unlink()  # 530 MB: give the disk back now
+
+
+RACER = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import numpy as np
+from conftest import load_script
+mc = load_script()
+folder, level = Path(sys.argv[1]), float(sys.argv[2])
+paths = mc.output_paths(folder / "piece", 5)  # both runs see piece-0 ... piece-4 free
+writers = mc.WavWriters(paths)
+writers.write(np.full((5, 4410), level, np.float32))
+(folder / f"ready-{{level}}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.001)
+print(json.dumps([str(path) for path in writers.finish()]))
+"""
+
+
+def test_two_runs_racing_for_the_same_names_both_keep_their_pieces(tmp_path):
+    """Two real processes finish five pieces each under the same five names at the same moment:
+    each piece ends under a name of its own, the second run's under the next free numbers."""
+    import json
+    from pathlib import Path
+
+    from conftest import ROOT
+
+    script = RACER.format(tests=str(ROOT / "tests"))
+    racers = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(level)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for level in (0.25, 0.5)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    finals = []
+    for racer, level in zip(racers, (0.25, 0.5)):
+        out, err = racer.communicate(timeout=120)
+        assert racer.returncode == 0 and "Traceback" not in err, err
+        finals.append((level, [Path(path) for path in json.loads(out.strip().splitlines()[-1])]))
+    names = [path.name for _, paths in finals for path in paths]
+    assert sorted(names) == sorted(f"piece-{index}.wav" for index in range(10))
+    for level, paths in finals:
+        for path in paths:
+            _, samples = wavfile.read(path)
+            assert np.all(samples == round(level * 32767))
+    assert not list(tmp_path.glob(".*partial*"))
