@@ -807,6 +807,8 @@ class GrainSynthesis:
         self.previous = np.full(pieces, -1)  # the last choice (-1: none yet)
         self.run = np.zeros(pieces, int)  # frames played verbatim up to the last choice
         self.shift = np.zeros(pieces)  # samples the current unit's grains are moved by (beat)
+        self.tempo = np.full(pieces, np.nan)  # the piece's beat period (s), set by its first
+        # frame with a beat: every jump keeps it, so that jumps cannot drift it 4 % at a time
         self.chosen = collections.deque()  # (choices, shifts, jumps) waiting to be sounded
         self.copy_indices = [[] for _ in range(pieces)]  # every choice sounded, per piece
         # What is sounding (push's side): the frame, and where its window starts in the cache's
@@ -862,7 +864,8 @@ class GrainSynthesis:
             if successor >= 0 and self.run[piece] >= self.limit:  # the copy guard
                 cost[piece, self.real.around(successor, self.limit)] = np.inf
         phase, period = self.beat_reached()
-        self.keep_the_beat(cost, phase, period, successors)
+        self.tempo = np.where(np.isnan(self.tempo), period, self.tempo)
+        self.keep_the_beat(cost, phase, self.tempo, successors)
         choices = np.argmin(cost, axis=1)
         jumps = choices != successors
         self.shift = np.where(jumps, self.real.beat_shift(choices, phase), self.shift)
@@ -882,8 +885,9 @@ class GrainSynthesis:
 
     def keep_the_beat(self, cost, phase, period, successors):
         """Rules out, in place, every jump that would break a steady beat: frames whose place in
-        the beat or whose tempo differ from those reached (frames of music without a beat among
-        them). A piece whose every frame would be ruled out keeps its choices."""
+        the beat differs from the one reached, or whose tempo differs from the piece's `period`
+        (frames of music without a beat among them). A piece whose every frame would be ruled
+        out keeps its choices."""
         beats = self.real.cache.beats
         for piece in np.flatnonzero(np.isfinite(phase)):
             apart = np.abs(np.mod(beats[:, 0] - phase[piece] + 0.5, 1.0) - 0.5)
