@@ -61,7 +61,8 @@ FRAMES_PER_SECOND = SAMPLE_RATE / BLOCK_SIZE  # 4.0
 STD_FLOOR = 1e-8  # smallest standard deviation used to normalise a feature
 VALIDATION_FRACTION = 0.1  # the last tenth of each file is held out for val_loss
 CACHE_VERSION = 4  # bump when what the cache holds changes: old caches are rebuilt
-# 4: each frame's place in the beat, and the music's pulse, for grains that keep the beat
+# 4: each frame's place in the beat and its pitch classes, and the music's pulse, for grains
+# that keep the beat and a seed's key
 # 3: the recorded audio (16-bit) and a compressed index of the frames, for --synthesis grains
 CHECKPOINT_VERSION = 1
 CACHE_MANIFEST = "cache.json"
@@ -568,6 +569,35 @@ def frames_from_audio(audio, kind):
     return np.log(magnitude, out=magnitude)
 
 
+CHROMA_BAND = (55.0, 5000.0)  # Hz: the partials that say which pitch classes a frame holds
+
+
+@functools.cache
+def chroma_filters(kind):
+    """(first bin, (bins, 12) float32): which of a frame's bins in CHROMA_BAND belong to each
+    pitch class (C = 0 ... B = 11), by the nearest equal-tempered pitch."""
+    bin_hz = SAMPLE_RATE / (WINDOW_SIZE if kind == "magnitude" else BLOCK_SIZE)
+    first, last = (int(math.ceil(hz / bin_hz)) for hz in CHROMA_BAND)
+    pitch = np.round(12 * np.log2(np.arange(first, last) * bin_hz / 440.0)).astype(int)
+    filters = np.zeros((last - first, 12), np.float32)
+    filters[np.arange(last - first), np.mod(pitch + 9, 12)] = 1.0
+    return first, filters
+
+
+def frame_chroma(frames, kind):
+    """(n, NUM_FEATURES) raw frames -> (n, 12) float32: the magnitude in each pitch class, the
+    frame's pitch content whatever its octave, scaled to unit length (0 for silence)."""
+    first, filters = chroma_filters(kind)
+    bins = slice(first, first + len(filters))
+    if kind == "magnitude":
+        magnitude = np.exp(frames[:, bins]) - np.float32(MAGNITUDE_FLOOR)
+    else:
+        magnitude = np.hypot(frames[:, bins], frames[:, NUM_BINS:][:, bins])
+    chroma = magnitude @ filters
+    return (chroma / np.maximum(np.linalg.norm(chroma, axis=1, keepdims=True), 1e-12)
+            ).astype(np.float32)
+
+
 class PlainSynthesis:
     """Plain frames back to audio: each frame is its own block."""
 
@@ -799,10 +829,18 @@ class GrainSynthesis:
 
     overlap = BLOCK_SIZE
 
-    def __init__(self, real, pieces, copy_limit=COPY_LIMIT_SECONDS):
+    def __init__(self, real, pieces, copy_limit=COPY_LIMIT_SECONDS, seed_ranges=None):
         import collections
 
         self.real = real
+        self.seed_ranges = seed_ranges
+        self.forbidden = None  # (pieces, num_frames): other pieces' seeds, never chosen
+        if seed_ranges:
+            self.forbidden = np.zeros((pieces, len(real.cache.codes)), bool)
+            for piece in range(pieces):
+                for other, (first, stop) in enumerate(seed_ranges):
+                    self.forbidden[piece, first:stop] = other != piece
+
         self.limit = max(1, int(round(copy_limit * FRAMES_PER_SECOND)))  # frames
         self.previous = np.full(pieces, -1)  # the last choice (-1: none yet)
         self.run = np.zeros(pieces, int)  # frames played verbatim up to the last choice
@@ -826,8 +864,15 @@ class GrainSynthesis:
 
     def prime_with_audio(self, endings):
         """Start from real audio, the last 0.5 s of each seed (pieces, WINDOW_SIZE): the first
-        block fades from it into the chosen frames, with no successor to prefer."""
+        block fades from it into the chosen frames. When the seeds are among the music (seed
+        ranges), a piece goes on from its seed's last frame, in its beat; else with no
+        successor to prefer."""
         self.ending = np.asarray(endings, np.float32)[:, BLOCK_SIZE:].copy()
+        if self.seed_ranges:
+            self.previous = np.array([stop - 1 for _, stop in self.seed_ranges])
+            self.sounding = self.previous.copy()
+            self.position = self.real.window_starts(self.previous)
+            return
         self.previous[:] = -1
         self.position[:] = -1
 
@@ -860,6 +905,8 @@ class GrainSynthesis:
         staying = np.flatnonzero(successors >= 0)
         cost[staying, successors[staying]] *= STAY_WEIGHT
         cost[:, self.real.silent] = np.inf
+        if self.forbidden is not None:
+            cost[self.forbidden] = np.inf
         for piece, successor in enumerate(successors):
             if successor >= 0 and self.run[piece] >= self.limit:  # the copy guard
                 cost[piece, self.real.around(successor, self.limit)] = np.inf
@@ -886,13 +933,14 @@ class GrainSynthesis:
     def keep_the_beat(self, cost, phase, period, successors):
         """Rules out, in place, every jump that would break a steady beat: frames whose place in
         the beat differs from the one reached, or whose tempo differs from the piece's `period`
-        (frames of music without a beat among them). A piece whose every frame would be ruled
-        out keeps its choices."""
+        (frames of music without a steady beat stay free: the beat stops there, as the music
+        does). A piece whose every frame would be ruled out keeps its choices."""
         beats = self.real.cache.beats
         for piece in np.flatnonzero(np.isfinite(phase)):
             apart = np.abs(np.mod(beats[:, 0] - phase[piece] + 0.5, 1.0) - 0.5)
             fits = (apart <= BEAT_PHASE_TOLERANCE) \
-                & (np.abs(beats[:, 1] / period[piece] - 1) <= TEMPO_TOLERANCE)
+                & (np.abs(beats[:, 1] / period[piece] - 1) <= TEMPO_TOLERANCE) \
+                | np.isnan(beats[:, 0])  # music without a steady beat loses nothing
             if successors[piece] >= 0:
                 fits[successors[piece]] = True
             ruled = np.where(fits, cost[piece], np.inf)
@@ -962,11 +1010,13 @@ def unit(spectrum):
     return phasors.astype(np.complex64, copy=False)
 
 
-def make_synthesis(kind, pieces, synthesis="spectra", real=None, copy_limit=COPY_LIMIT_SECONDS):
-    """How frames become sound: grains of the real music (a RealFrames is needed), or the
-    frames' own spectra, which note their nearest real frames when given a RealFrames."""
+def make_synthesis(kind, pieces, synthesis="spectra", real=None, copy_limit=COPY_LIMIT_SECONDS,
+                   seed_ranges=None):
+    """How frames become sound: grains of the real music (a RealFrames is needed; seed_ranges:
+    each piece's own --seed-wav frames in it, see with_seed_music), or the frames' own spectra,
+    which note their nearest real frames when given a RealFrames."""
     if synthesis == "grains":
-        return GrainSynthesis(real, pieces, copy_limit)
+        return GrainSynthesis(real, pieces, copy_limit, seed_ranges)
     spectra = PlainSynthesis() if kind == "plain" else PhaseRebuilder(pieces)
     return spectra if real is None else WithNearestFrames(spectra, real, pieces)
 
@@ -1018,7 +1068,8 @@ class RunningStats:
 # NUM_FEATURES), the principal axes of the normalised frames, and codes.npy (num_frames,
 # INDEX_DIMENSIONS), every frame projected on them; levels.npy, each frame's window's RMS in
 # dB; beats.npy (num_frames, 2), each frame's place in its file's beat (phase 0-1, period in s,
-# nan without a steady beat: see frame_beats). A new cache is built in a temporary
+# nan without a steady beat: see frame_beats); chroma.npy (num_frames, 12), each frame's pitch
+# classes (frame_chroma). A new cache is built in a temporary
 # folder and renamed into place before the manifest is replaced, so a run killed at any moment
 # leaves the previous complete cache or no trusted cache at all.
 
@@ -1039,6 +1090,7 @@ class FrameCache:
     components: np.ndarray = None  # (INDEX_DIMENSIONS, NUM_FEATURES) float32: frames -> codes
     beats: np.ndarray = None  # (num_frames, 2) float32: phase in the beat (0-1), period (s); nan
     # where the music has no steady beat
+    chroma: np.ndarray = None  # (num_frames, 12) float32: each frame's pitch classes (unit length)
 
     def grain(self, index):
         """Frame `index`'s 0.5 s of recorded audio, (WINDOW_SIZE,) float32 in [-1, 1]."""
@@ -1049,7 +1101,13 @@ class FrameCache:
 def read_span(array, start, count):
     """array[start : start + count] of a memory-mapped .npy, read with a plain read: pages of a
     memory map stay counted as the process's memory while it is mapped, so reading scattered
-    rows of it (grains, chosen frames) would grow with the music's length."""
+    rows of it (grains, chosen frames) would grow with the music's length. A JoinedRows reads
+    from whichever of its two arrays holds the span (a span never crosses from one to the
+    other: each holds whole files)."""
+    if isinstance(array, JoinedRows):
+        first = len(array.first)
+        return read_span(array.first, start, count) if start < first \
+            else read_span(array.second, start - first, count)
     if not isinstance(array, np.memmap):
         return np.asarray(array[start : start + count])
     row_bytes = array.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
@@ -1097,6 +1155,7 @@ def load_cache(cache_dir, fingerprint):
         components = np.load(folder / "components.npy", allow_pickle=False)
         levels = np.load(folder / "levels.npy", allow_pickle=False)
         beats = np.load(folder / "beats.npy", allow_pickle=False)
+        chroma = np.load(folder / "chroma.npy", allow_pickle=False)
         kind, pitch_clarity = manifest["settings"]["frame"], float(manifest["pitch_clarity"])
         onset_rate = float(manifest["onset_rate"])
         rhythm = (float(manifest["pulse"]), float(manifest["tempo_kept"]))
@@ -1108,14 +1167,16 @@ def load_cache(cache_dir, fingerprint):
             or mel["mel_second_starts"][-1] != len(mel["mel_seconds"]) or kind not in FRAME_KINDS \
             or audio.shape != ((expected[0] + num_files) * BLOCK_SIZE,) \
             or codes.shape != (expected[0], len(components)) or levels.shape != expected[:1] \
-            or components.shape[1:] != (NUM_FEATURES,) or beats.shape != (expected[0], 2):
+            or components.shape[1:] != (NUM_FEATURES,) or beats.shape != (expected[0], 2) \
+            or chroma.shape != (expected[0], 12):
         return None
     starts = mel["mel_second_starts"]
     reference = MusicReference(manifest["rms_db"], mel["mel_mean"], mel["mel_cov"],
                                [mel["mel_seconds"][a:b] for a, b in zip(starts[:-1], starts[1:])],
                                pitch_clarity, onset_rate, levels, *rhythm)
     return FrameCache(frames, file_starts, mean, std, manifest["files"], fingerprint,
-                      manifest["rms_db"], kind, reference, audio, codes, components, beats)
+                      manifest["rms_db"], kind, reference, audio, codes, components, beats,
+                      chroma)
 
 
 def write_npy(path, array):
@@ -1169,7 +1230,7 @@ def write_raw_frames(music_paths, folder, kind):
 
     stats, file_starts, used, skipped = RunningStats(NUM_FEATURES), [0], [], []
     sum_squares, num_samples, pitch_counts, onsets, levels = 0.0, 0, np.zeros(2), [0], []
-    beats, pulses, tempo_kept = [], [], []
+    beats, pulses, tempo_kept, chroma = [], [], [], []
     filters, mel_total, mel_seconds = mel_filterbank(), LogMelStats(), []
     # Three threads share the work of a file about equally: this one reads the next file and
     # makes its frames, a writer puts the last file's frames and audio on disk and gathers its
@@ -1209,9 +1270,10 @@ def write_raw_frames(music_paths, folder, kind):
                 pulses.extend(file_pulses)
                 tempo_kept.extend(file_kept)
 
-            def measure_pitch(audio=audio):
+            def measure_pitch(audio=audio, frames=frames):
                 pitch_counts[:] += pitch_clarity_counts(lambda start, stop: audio[start:stop],
                                                         len(audio))
+                chroma.append(frame_chroma(frames, kind))
 
             pending = writer.submit(write_and_measure)
             pending_pitch = pitch_thread.submit(measure_pitch)
@@ -1233,7 +1295,7 @@ def write_raw_frames(music_paths, folder, kind):
                                onsets[0] / max(num_samples / SAMPLE_RATE, 1e-9),
                                np.concatenate(levels),
                                **rhythm_figures(pulses, tempo_kept)) if used else None
-    return stats, beats, np.array(file_starts, dtype=np.int64), used, skipped, reference
+    return stats, (beats, chroma), np.array(file_starts, dtype=np.int64), used, skipped, reference
 
 
 INDEX_DIMENSIONS = 64  # principal components kept in the compressed index of the frames
@@ -1312,8 +1374,8 @@ def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_F
     shutil.rmtree(partial, ignore_errors=True)
     try:  # made inside the try: a Ctrl-C just after mkdir must not leave the folder behind
         partial.mkdir()
-        stats, beats, file_starts, used, skipped, reference = write_raw_frames(music_paths, partial,
-                                                                             kind)
+        stats, (beats, chroma), file_starts, used, skipped, reference = write_raw_frames(
+            music_paths, partial, kind)
         if not used:
             raise UserError(no_music_message(dataset_dir, music_paths, skipped,
                                              list_music_folder(dataset_dir)[1]))
@@ -1328,6 +1390,7 @@ def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_F
                             ("components", components), ("codes", codes),
                             ("levels", reference.frame_levels),
                             ("beats", np.concatenate(beats).astype(np.float32)),
+                            ("chroma", np.concatenate(chroma)),
                             ("mel_mean", reference.mel_mean), ("mel_cov", reference.mel_cov),
                             ("mel_seconds", np.concatenate(seconds)),
                             ("mel_second_starts", np.cumsum([0] + [len(s) for s in seconds]))]:
@@ -2391,11 +2454,23 @@ def seed_frames(ending, kind, count=WINDOW_FRAMES):
     return np.log(np.abs(spectra) + MAGNITUDE_FLOOR).astype(np.float32)
 
 
+@dataclasses.dataclass
+class SeedWavs:
+    """The --seed-wav files, read: what seeds the network, starts each piece, and joins the
+    music that its piece's grains choose from."""
+
+    frames: np.ndarray  # (pieces, seed_frames, NUM_FEATURES) raw: the last seconds of each
+    prefixes: list  # per piece, its last SEED_PREFIX_SECONDS of audio, which start its file
+    endings: np.ndarray  # (pieces, WINDOW_SIZE): the last 0.5 s, where the new music starts
+    audios: list  # per piece, the whole file's audio (mono float32 at SAMPLE_RATE)
+    names: list  # the files' names
+
+
 def read_seed_wavs(paths, kind, seconds=WINDOW_FRAMES / FRAMES_PER_SECOND):
-    """--seed-wav files -> their last `seconds` (or as much as the shortest file has, at least
-    1 s) as raw frames (pieces, seed_frames, features), the last SEED_PREFIX_SECONDS of each,
-    which starts its piece, and the last 0.5 s, which starts the phase of magnitude frames.
-    Read before any training, so that a bad file costs nothing."""
+    """--seed-wav files -> a SeedWavs: their last `seconds` (or as much as the shortest file
+    has, at least 1 s) as raw frames, the last SEED_PREFIX_SECONDS of each, which starts its
+    piece, and the last 0.5 s, which starts the phase of magnitude frames. Read before any
+    training, so that a bad file costs nothing."""
     seed_samples = WINDOW_FRAMES * BLOCK_SIZE  # 1 s
     audios, prefixes, endings = [], [], []
     for path in paths:
@@ -2412,7 +2487,56 @@ def read_seed_wavs(paths, kind, seconds=WINDOW_FRAMES / FRAMES_PER_SECOND):
     count = min([round(seconds * FRAMES_PER_SECOND)] + [len(a) // BLOCK_SIZE for a in audios])
     count = max(count, WINDOW_FRAMES)
     frames = [seed_frames(audio[-(count + 1) * BLOCK_SIZE:], kind, count) for audio in audios]
-    return np.stack(frames), prefixes, np.stack(endings)
+    return SeedWavs(np.stack(frames), prefixes, np.stack(endings), audios,
+                    [Path(path).name for path in paths])
+
+
+class JoinedRows:
+    """Two arrays read as one along their first axis by read_span: the cache's (memory-mapped)
+    and a run's own (the --seed-wav music, in memory), without copying the cache's."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+        self.shape = (len(first) + len(second), *first.shape[1:])
+        self.dtype = first.dtype
+
+    def __len__(self):
+        return self.shape[0]
+
+
+def with_seed_music(cache, seeds):
+    """The cache's music with each --seed-wav file's after it, as the grains see music: its
+    frames (normalised as the cache's), index codes, audio, beats, pitch classes and levels.
+    Returns (that FrameCache, each seed's (first, last + 1) frame). Each file is cut at its
+    start so that its last frame's window ends where it ends: the piece then goes on from the
+    seed's very end, in its beat. Kept in memory for this run only."""
+    parts, ranges, start = [], [], int(cache.file_starts[-1])
+    after = BLOCK_SIZE - BLOCK_SIZE // 2  # the last window's reach past its block's start
+    for audio in seeds.audios:
+        count = max((len(audio) - after) // BLOCK_SIZE, 1)
+        length = count * BLOCK_SIZE + after  # padded_audio then fills (count + 1) blocks exactly
+        audio = np.concatenate([np.zeros(max(length - len(audio), 0), np.float32), audio])[-length:]
+        raw = frames_from_audio(audio, cache.kind)[:count]
+        padded = padded_audio(audio)[: (count + 1) * BLOCK_SIZE]
+        envelope = log_mel_stats(lambda a, b: audio[a:b], len(audio), mel_filterbank()) \
+            .onset_envelope()
+        frames = normalise(raw, cache.mean, cache.std)
+        parts.append((frames, frames @ cache.components.T, to_pcm16(padded),
+                      frame_beats(envelope, count)[0], frame_chroma(raw, cache.kind),
+                      window_levels(padded)))
+        ranges.append((start, start + count))
+        start += count
+    frames, codes, audio, beats, chroma, levels = (np.concatenate(column)
+                                                   for column in zip(*parts))
+    file_starts = np.concatenate([cache.file_starts, [stop for _, stop in ranges]])
+    reference = dataclasses.replace(cache.reference, frame_levels=np.concatenate(
+        [cache.reference.frame_levels, levels]))
+    joined = dataclasses.replace(
+        cache, frames=JoinedRows(cache.frames, frames), audio=JoinedRows(cache.audio, audio),
+        codes=np.concatenate([cache.codes, codes]), file_starts=file_starts,
+        beats=np.concatenate([cache.beats, beats]), chroma=np.concatenate([cache.chroma, chroma]),
+        reference=reference, file_names=list(cache.file_names) + list(seeds.names))
+    return joined, ranges
 
 
 def output_paths(output_name, count, first=0):
@@ -2977,6 +3101,27 @@ def copy_figures(indices, file_starts):
             "verbatim_2s_share": float(long_ones.sum() / stretches.sum())}
 
 
+def seed_figures(piece, seed, cache):
+    """How a continuation follows its seed (both mono float32 audio): seed_key, the cosine of
+    their pitch classes (averaged over each), beside music_seed_key, the training music's with
+    the seed's; seed_timbre, the cosine of how each one's average log-mel spectrum departs from
+    the training music's: above 0 when the piece leans the seed's way."""
+    def key(audio):
+        chroma = frame_chroma(frames_from_audio(audio, cache.kind), cache.kind).mean(axis=0)
+        return chroma / max(float(np.linalg.norm(chroma)), 1e-12)
+
+    def timbre(audio):
+        return log_mel_frames(audio, mel_filterbank()).mean(axis=0) - cache.reference.mel_mean
+
+    def cosine(a, b):
+        return float(np.dot(a, b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+
+    music_key = cache.chroma.mean(axis=0)
+    seed_key = key(seed)
+    return {"seed_key": cosine(key(piece), seed_key), "music_seed_key": cosine(music_key, seed_key),
+            "seed_timbre": cosine(timbre(piece), timbre(seed))}
+
+
 @dataclasses.dataclass
 class MusicReference:
     """What a piece is measured against: figures of the training music, gathered while the frame
@@ -3066,7 +3211,7 @@ class WavSamples:
 def report_quality(paths, reference, skip_seconds, copies):
     """Print each piece's figures and write them beside it as NAME-i.json. Only what the
     network wrote is measured: a --seed-wav prefix is skipped. copies: each piece's
-    copy_figures."""
+    copy_figures (and, for a continuation, its seed_figures)."""
     say(f"Quality against the training music ({reference.rms_db:.1f} dB RMS, "
         f"{100 * reference.pitch_clarity:.0f}% clearly pitched, {reference.onset_rate:.1f} "
         f"notes/s): level of the first and last second, clicks (1.0 = none), spectral distance "
@@ -3093,7 +3238,10 @@ def report_piece(path, reference, skip_seconds, copied):
         f"{figures['music_structure']:.2f}) | pulse {figures['pulse']:.2f}, tempo kept "
         f"{100 * figures['tempo_kept']:.0f}% | verbatim: longest "
         f"{figures['longest_verbatim_s']:.2f} s, {100 * figures['verbatim_2s_share']:.0f}% "
-        f"in stretches of 2 s or more")
+        f"in stretches of 2 s or more"
+        + (f" | follows its seed: key {figures['seed_key']:.2f} (the music's "
+           f"{figures['music_seed_key']:.2f}), timbre {figures['seed_timbre']:.2f}"
+           if "seed_key" in figures else ""))
     return figures
 
 
@@ -3111,12 +3259,14 @@ def folded_errors(errors, fold):
 
 
 def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds, prefixes=None,
-                 endings=None):
+                 endings=None, music=None):
     """Generate a piece from each seed (pieces, seed_frames, features), raw, the configured way,
-    into `paths`; endings: the last 0.5 s of --seed-wav files, whose prefixes start the pieces.
+    into `paths`; endings: the last 0.5 s of --seed-wav files, whose prefixes start the pieces;
+    music: (FrameCache, seed ranges) that grains choose from, when not the cache's alone.
     Returns the synthesis, which knows the pieces' copy indices, and the paths written."""
+    music, seed_ranges = music or (cache, None)
     synthesis = make_synthesis(config.frames, len(raw_seeds), config.synthesis,
-                               RealFrames(cache, mean, std), config.copy_limit)
+                               RealFrames(music, mean, std), config.copy_limit, seed_ranges)
     synthesis.prime(raw_seeds)
     if endings is not None:
         synthesis.prime_with_audio(endings)
@@ -3136,12 +3286,17 @@ def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds
     return synthesis, paths
 
 
-def compose(model, cache, config, mean, std, rng, seed_wavs=None):
-    """Write the pieces: seeded from --seed-wav files when given, else from the training music."""
-    if seed_wavs is not None:
-        raw_seeds, prefixes, endings = seed_wavs
+def compose(model, cache, config, mean, std, rng, seeds=None):
+    """Write the pieces: seeded from --seed-wav files (a SeedWavs) when given, else from the
+    training music."""
+    music, endings = None, None
+    if seeds is not None:
+        raw_seeds, prefixes, endings = seeds.frames, seeds.prefixes, seeds.endings
+        if config.synthesis == "grains":
+            music = with_seed_music(cache, seeds)
         say(f"Continuing {len(prefixes)} piece(s) of your own for {config.seconds} s each; every "
-            f"file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed.")
+            f"file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed"
+            + (", whose own recording joins the music its grains choose from." if music else "."))
     else:
         length = seed_length(cache, config)
         raw_seeds, prefixes = denormalise(pick_seeds(cache.frames, cache.file_starts,
@@ -3152,12 +3307,17 @@ def compose(model, cache, config, mean, std, rng, seed_wavs=None):
             f"{config.synthesis}...")
     paths = output_paths(config.output_name, len(raw_seeds))
     synthesis, paths = sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths,
-                                    config.seconds, prefixes, None if seed_wavs is None else endings)
+                                    config.seconds, prefixes, endings, music)
     say(f"Wrote {len(paths)} piece(s).")
     seed_ends = [0.0 if prefix is None else len(prefix) / SAMPLE_RATE
                  for prefix in prefixes or [None] * len(paths)]
-    report_quality(paths, cache.reference, seed_ends,
-                   [copy_figures(indices, cache.file_starts) for indices in synthesis.copy_indices])
+    file_starts = (music or (cache,))[0].file_starts
+    extras = [copy_figures(indices, file_starts) for indices in synthesis.copy_indices]
+    if seeds is not None:
+        extras = [{**extra, **seed_figures(read_wav(path)[0][int(skip * SAMPLE_RATE):], audio,
+                                           cache)}
+                  for extra, path, skip, audio in zip(extras, paths, seed_ends, seeds.audios)]
+    report_quality(paths, cache.reference, seed_ends, extras)
     if config.plots:
         for path, seed_end in zip(paths, seed_ends):
             say(f"Spectrogram: {plot_spectrogram(path, path.with_suffix('.png'), seed_end)}")
@@ -3604,7 +3764,7 @@ def compose_from_folder(config):
     if config.epochs == 0 and checkpoint is None:
         raise UserError(f"-e 0 generates from a trained model, but there is no checkpoint in "
                         f"{config.cache_dir}. Train first (leave out -e 0).")
-    seed_wavs = read_seed_wavs(config.seed_wavs, config.frames, config.sequence_seconds) \
+    seeds = read_seed_wavs(config.seed_wavs, config.frames, config.sequence_seconds) \
         if config.seed_wavs else None
     cache = prepare_cache(config.dataset_dir, config.cache_dir, config.frames)
     keras = import_keras()
@@ -3634,7 +3794,7 @@ def compose_from_folder(config):
                         "and spectrograms", "-o/--output-music-name",
                         output_bytes(config.seconds + 2 * bool(config.seed_wavs),
                                      config.num_pieces)):
-        compose(model, cache, config, mean, std, rng, seed_wavs)
+        compose(model, cache, config, mean, std, rng, seeds)
 
 
 def main(argv=None):

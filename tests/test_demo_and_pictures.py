@@ -2,6 +2,8 @@
 
 import struct
 
+import json
+
 import numpy as np
 import pytest
 from scipy.io import wavfile
@@ -89,6 +91,11 @@ def test_seed_wav_continues_music_the_network_never_heard(trained):
         np.testing.assert_allclose(piece[:unchanged], original[-2 * 44_100 : -11_025], atol=1)
         assert np.abs(piece[2 * 44_100:]).max() > 0
         png_size(root / f"cont-{index}.png")
+        # The report says how the continuation follows its seed, beside the music.
+        report = json.loads((root / f"cont-{index}.json").read_text())
+        assert -1 <= report["seed_key"] <= 1 and -1 <= report["seed_timbre"] <= 1
+        assert 0 <= report["music_seed_key"] <= 1
+    assert "follows its seed: key" in result.stdout
 
 
 @pytest.mark.parametrize("case", ["too short", "not audio", "missing"])

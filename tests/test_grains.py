@@ -401,3 +401,80 @@ def test_grains_with_plain_frames_are_refused_at_once(tmp_path):
 def test_a_bad_copy_limit_is_refused(tmp_path, value):
     result = run_cli("--copy-limit", value, cwd=tmp_path)
     assert result.returncode == 2 and "--copy-limit" in result.stderr
+
+
+# -----------------------------------------------------------------------------
+# A --seed-wav file's own recording joins the music its piece's grains choose from
+
+
+def seeds_of(mc, tmp_path, audios):
+    paths = []
+    for index, audio in enumerate(audios):
+        path = tmp_path / f"seed-{index}.flac"  # another format and rate than the music's
+        import soundfile
+
+        soundfile.write(path, audio[::2], RATE // 2, format="FLAC")
+        paths.append(path)
+    return mc.read_seed_wavs(paths, "magnitude", 2.0)
+
+
+def test_a_seed_joins_the_music_its_own_piece_chooses_from(mc, cache, tmp_path):
+    cache, _ = cache
+    seeds = seeds_of(mc, tmp_path, [melody(5.0, seed=5), tone(4.0, 415.3, amplitude=0.3)])
+    music, ranges = mc.with_seed_music(cache, seeds)
+    first, stop = ranges[0]
+    assert first == len(cache.frames) and ranges[1][0] == stop
+    assert len(music.codes) == len(music.beats) == len(music.chroma) == ranges[1][1]
+    # A seed frame's grain is the seed's own recording; its last frame's window ends where
+    # the seed ends, so a piece goes on from its very end.
+    audio = seeds.audios[0]
+    np.testing.assert_allclose(music.grain(stop - 1), audio[-mc.WINDOW_SIZE:], atol=1e-4)
+    np.testing.assert_allclose(music.grain(stop - 3), audio[-mc.WINDOW_SIZE - 2 * mc.BLOCK_SIZE :
+                                                            -2 * mc.BLOCK_SIZE], atol=1e-4)
+    # Its frames are indexed as the cache's: the nearest frame to the seed's last is that frame.
+    real = mc.RealFrames(music, cache.mean, cache.std)
+    assert real.nearest(seeds.frames[:, -1])[0] == stop - 1
+    length = (stop - first) * mc.BLOCK_SIZE + mc.BLOCK_SIZE - mc.BLOCK_SIZE // 2
+    third = mc.frames_from_audio(audio[-length:], "magnitude")[2]
+    np.testing.assert_allclose(real.for_network([first + 2])[0],
+                               mc.normalise(third, cache.mean, cache.std), atol=1e-3)
+    # The cache itself is untouched, and nothing of the seed is written anywhere.
+    assert len(cache.codes) == first
+
+
+def test_a_piece_plays_its_seed_within_the_guard_and_never_another_piece_s_seed(mc, cache,
+                                                                                tmp_path):
+    cache, _ = cache
+    seeds = seeds_of(mc, tmp_path, [tone(8.0, 330.0, amplitude=0.3),
+                                     tone(8.0, 415.3, amplitude=0.3)])
+    music, ranges = mc.with_seed_music(cache, seeds)
+    real = mc.RealFrames(music, cache.mean, cache.std)
+    synthesis = mc.make_synthesis("magnitude", 2, "grains", real, 1.0, ranges)
+    synthesis.prime(seeds.frames)
+    synthesis.prime_with_audio(seeds.endings)
+    assert list(synthesis.previous) == [stop - 1 for _, stop in ranges]
+    # A network that wants the other piece's seed, its frames in turn: piece 0 asks for
+    # seed 1's sound and piece 1 for seed 0's.
+    wanted = [np.asarray(music.codes[first + 4 : stop]) for first, stop in ranges]
+    blocks = []
+    for step in range(24):
+        codes = np.stack([wanted[1][step % 20], wanted[0][step % 20]])
+        synthesis.choose_by_codes(codes)
+        blocks.append(synthesis.push(None))
+    for piece, (first, stop) in enumerate(ranges):
+        other = ranges[1 - piece]
+        chosen = np.array(synthesis.copy_indices[piece])
+        assert not ((chosen >= other[0]) & (chosen < other[1])).any()
+    # Wanting its own seed played on, a piece plays it for at most the guard's 1 s at a time,
+    # and what it plays is the seed's own sound.
+    synthesis = mc.make_synthesis("magnitude", 2, "grains", real, 1.0, ranges)
+    synthesis.prime(seeds.frames)
+    synthesis.prime_with_audio(seeds.endings)
+    for step in range(24):
+        codes = np.stack([wanted[0][step % 20], wanted[1][step % 20]])
+        synthesis.choose_by_codes(codes)
+        synthesis.push(None)
+    for piece, (first, stop) in enumerate(ranges):
+        chosen = np.array(synthesis.copy_indices[piece])
+        assert ((chosen >= first) & (chosen < stop)).mean() > 0.5
+        assert mc.verbatim_stretches(chosen, music.file_starts).max() <= 4
