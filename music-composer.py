@@ -695,6 +695,8 @@ class RealFrames:
         self.silent = levels < cache.rms_db - SILENCE_BELOW_MUSIC_DB
         if self.silent.all():
             self.silent[:] = False
+        self.level_cost = (1 + LEVEL_WEIGHT * np.square((levels - cache.rms_db) / 6.0)
+                           ).astype(np.float32)
 
     def encode(self, raw_frames):  # (pieces, NUM_FEATURES) raw -> (pieces, dimensions)
         return normalise(raw_frames, self.cache.mean, self.cache.std) @ self.cache.components.T
@@ -764,6 +766,7 @@ class RealFrames:
 
 SILENCE_BELOW_MUSIC_DB = 30.0  # frames this far below the music's RMS level count as silent
 JOIN_WEIGHT = 0.25  # weight of how unlike the last choice's successor a frame sounds (its join)
+LEVEL_WEIGHT = 1.0  # a jump's cost grows by this times (its frame's level - the music's, / 6 dB)^2
 STAY_WEIGHT = 0.6  # the successor's cost is scaled by this: units of several frames, not frames
 BEAT_PHASE_TOLERANCE = 0.08  # of a beat: how far from the beat's place a jump may land (before
 # its grain is moved onto it)
@@ -903,7 +906,9 @@ class GrainSynthesis:
         joins = self.real.distances(codes[np.maximum(joined, 0)])
         cost += JOIN_WEIGHT * np.where((self.previous >= 0)[:, None], joins, 0)
         staying = np.flatnonzero(successors >= 0)
-        cost[staying, successors[staying]] *= STAY_WEIGHT
+        kept = cost[staying, successors[staying]] * STAY_WEIGHT
+        cost *= self.real.level_cost  # a jump to a frame far from the music's level costs more
+        cost[staying, successors[staying]] = kept
         cost[:, self.real.silent] = np.inf
         if self.forbidden is not None:
             cost[self.forbidden] = np.inf
