@@ -116,6 +116,7 @@ class Config:
     preview_every: int = 0  # write a short preview piece every this many epochs; 0: never
     gpus: int | None = None  # train on at most this many GPUs; None: every visible one
     demo: bool = False  # write and use the built-in demo piece
+    size_from_checkpoint: bool = False  # neither -n nor -l given: a checkpoint's size is used
 
 
 # The settings of a plain run, and of --demo (smaller, so it finishes in minutes on a CPU).
@@ -3234,14 +3235,23 @@ def report_piece(path, reference, skip_seconds, copied):
     samples = WavSamples(path, int(skip_seconds * SAMPLE_RATE))  # read a chunk at a time
     figures = {**measure_piece(samples, reference, scale=1 / 32768), **copied}
     samples.close()
-    write_json_atomically(path.with_suffix(".json"), {"file": path.name, **figures})
+    # A figure a piece is too short for (structure under 3 s, pulse under 6 s) is null in the
+    # JSON and "too short" on the terminal.
+    write_json_atomically(path.with_suffix(".json"), {"file": path.name, **{
+        name: None if isinstance(value, float) and math.isnan(value) else value
+        for name, value in figures.items()}})
+
+    def shown(value, form, unit=""):
+        return "too short" if math.isnan(value) else format(value, form) + unit
+
     say(f"  {path}: {figures['seconds']:.2f} s | level {figures['first_second_db']:.1f} -> "
         f"{figures['last_second_db']:.1f} dB | clicks {figures['clicks']:.2f} | "
         f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f} | "
         f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | "
-        f"{figures['onsets_per_s']:.1f} notes/s | structure {figures['structure']:.2f} (music "
-        f"{figures['music_structure']:.2f}) | pulse {figures['pulse']:.2f}, tempo kept "
-        f"{100 * figures['tempo_kept']:.0f}% | verbatim: longest "
+        f"{figures['onsets_per_s']:.1f} notes/s | structure {shown(figures['structure'], '.2f')} "
+        f"(music {shown(figures['music_structure'], '.2f')}) | pulse "
+        f"{shown(figures['pulse'], '.2f')}, tempo kept "
+        f"{shown(100 * figures['tempo_kept'], '.0f', '%')} | verbatim: longest "
         f"{figures['longest_verbatim_s']:.2f} s, {100 * figures['verbatim_2s_share']:.0f}% "
         f"in stretches of 2 s or more"
         + (f" | follows its seed: key {figures['seed_key']:.2f} (the music's "
@@ -3623,9 +3633,11 @@ def make_parser():
                               "overwritten: numbering goes on (default: output)")
     network = parser.add_argument_group("network")
     network.add_argument("-n", "--hidden-layer-neurons", type=positive_int,
-                         help="LSTM units in each layer (default: 1024; --demo: 256)")
+                         help="LSTM units in each layer (default: the checkpoint's, else 1024; "
+                              "--demo: 256)")
     network.add_argument("-l", "--hidden-layer-count", type=positive_int,
-                         help="number of stacked LSTM layers (default: 4; --demo: 2)")
+                         help="number of stacked LSTM layers (default: the checkpoint's, else 4; "
+                              "--demo: 2)")
     training = parser.add_argument_group("training")
     training.add_argument("-e", "--epochs", type=non_negative_int,
                           help="epochs to train in this run; 0 generates from the checkpoint "
@@ -3723,7 +3735,8 @@ def config_from_args(args, parser):
                   gpus=args.gpus, head=args.head,
                   sequence_seconds=SEQUENCE_SECONDS if args.sequence_seconds is None
                   else args.sequence_seconds,
-                  demo=args.demo)
+                  demo=args.demo, size_from_checkpoint=args.hidden_layer_neurons is None
+                  and args.hidden_layer_count is None)
 
 
 def print_settings(config):
@@ -3741,7 +3754,8 @@ def find_checkpoint(config):
         return None
     metadata, mean, std = read_checkpoint_metadata(path)
     check_checkpoint_frames(path, metadata, config.frames)
-    check_checkpoint_shape(path, metadata, config.hidden_neurons, config.hidden_layers)
+    if not config.size_from_checkpoint:
+        check_checkpoint_shape(path, metadata, config.hidden_neurons, config.hidden_layers)
     check_checkpoint_head(path, metadata, config.head)
     return path, metadata, mean, std
 
@@ -3766,6 +3780,12 @@ def run(config):
 def compose_from_folder(config):
     """The whole job, once the traindata folder is ours."""
     checkpoint = find_checkpoint(config)
+    if checkpoint is not None and config.size_from_checkpoint:
+        size = checkpoint[1]["hidden_neurons"], checkpoint[1]["hidden_layers"]
+        if size != (config.hidden_neurons, config.hidden_layers):
+            say(f"Using the checkpoint's network size, -n {size[0]} -l {size[1]} (no -n or -l "
+                f"given).")
+        config = dataclasses.replace(config, hidden_neurons=size[0], hidden_layers=size[1])
     if config.epochs == 0 and checkpoint is None:
         raise UserError(f"-e 0 generates from a trained model, but there is no checkpoint in "
                         f"{config.cache_dir}. Train first (leave out -e 0).")

@@ -248,6 +248,93 @@ def told_apart(tool, audios, train_folder):
                              RandomForestClassifier(200, random_state=0)))
 
 
+# -----------------------------------------------------------------------------
+# Continuing held-out music: does a continuation follow the piece it continues?
+
+CONTINUATIONS = 5
+CONTINUATION_SEED_SECONDS = 16
+
+
+def continuation_seeds(audio, folder):
+    """CONTINUATIONS seed files cut from the held-out piece at evenly spaced places, each
+    followed in the piece by PIECE_SECONDS of music that really came next: (paths, truths)."""
+    span = (CONTINUATION_SEED_SECONDS + PIECE_SECONDS) * RATE
+    if len(audio) < span:
+        return [], []
+    paths, truths = [], []
+    for index, start in enumerate(np.linspace(0, len(audio) - span, CONTINUATIONS).astype(int)):
+        seed_end = start + CONTINUATION_SEED_SECONDS * RATE
+        paths.append(folder / f"seed-{index}.wav")
+        write_wav(paths[-1], audio[start:seed_end])
+        truths.append(audio[seed_end : start + span])
+    return paths, truths
+
+
+def following(tool, pieces, truths, train_folder, reference):
+    """Per piece, how much closer it is to the music that really followed its seed than to
+    other music (10 random stretches of the training music), in key (cosine of the mean pitch
+    classes) and in timbre (cosine of the mean log-mel spectrum, less the training music's)."""
+    rng = np.random.default_rng(0)
+    audios = [tool.read_wav(path)[0] for path in sorted(train_folder.glob("*.wav"))]
+    audios = [audio for audio in audios if len(audio) > PIECE_SECONDS * RATE]
+    others = []
+    for _ in range(10):
+        audio = audios[rng.integers(len(audios))]
+        start = rng.integers(len(audio) - PIECE_SECONDS * RATE)
+        others.append(audio[start : start + PIECE_SECONDS * RATE])
+
+    def key(audio):
+        chroma = tool.frame_chroma(tool.frames_from_audio(audio, "magnitude"), "magnitude")
+        return chroma.mean(axis=0)
+
+    def timbre(audio):
+        return tool.log_mel_frames(audio, tool.mel_filterbank()).mean(axis=0) - reference.mel_mean
+
+    def cosine(a, b):
+        return float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+    figures = []
+    for piece, truth in zip(pieces, truths):
+        figures.append({figure: cosine(describe(piece), describe(truth)) - np.mean(
+            [cosine(describe(piece), describe(other)) for other in others])
+            for figure, describe in (("key", key), ("timbre", timbre))})
+    return figures
+
+
+def continuation_rows(tool, args, train_folder, run_folder, held_out, frames, random_pieces):
+    """Continue seeds cut from the held-out piece with each way of sounding; the figures of
+    following() for the continuations, for the seeds themselves (the most to expect), and for
+    pieces from random seeds (nothing to follow: their spread is the noise)."""
+    folder = run_folder / "continuations"
+    folder.mkdir(exist_ok=True)
+    seeds, truths = continuation_seeds(tool.read_wav(held_out)[0], folder)
+    if not seeds:
+        return {}
+    reference = tool.prepare_cache(train_folder, run_folder / "train_data", frames).reference
+
+    def medians(figures):
+        return {name: round(float(np.median([f[name] for f in figures])), 3)
+                for name in ("key", "timbre")} | {
+            f"{name}_spread": round(float(np.std([f[name] for f in figures])), 3)
+            for name in ("key", "timbre")}
+
+    rows = {"seeds": medians(following(tool, [tool.read_wav(seed)[0] for seed in seeds], truths,
+                                       train_folder, reference)),
+            "random seeds": medians(following(tool, random_pieces, truths, train_folder,
+                                              reference))}
+    for label, flags in (("grains", "--synthesis grains"), ("spectra", "--synthesis spectra")):
+        name = f"continue-{label}"
+        reports, _ = run_tool(train_folder, run_folder, frames, args,
+                              variant=(name, f"{flags} --seed-wav {' '.join(map(str, seeds))}"))
+        pieces = [tool.read_wav(run_folder / report["file"])[0][2 * RATE :] for report in reports]
+        rows[label] = {**medians(following(tool, pieces, truths, train_folder, reference)),
+                       **{key: round(float(np.median([r[key] for r in reports])), 3)
+                          for key in ("pulse", "tempo_kept", "onsets_per_s", "longest_verbatim_s",
+                                      "first_second_db", "last_second_db", "seed_key",
+                                      "music_seed_key", "seed_timbre") if key in reports[0]}}
+    return rows
+
+
 def summary(reports, held_out_pair, seconds):
     """Medians over the pieces, and how many pieces meet each target."""
     held_out, rebuilt = held_out_pair
@@ -383,12 +470,16 @@ def main():
     parser.add_argument("--remeasure", action="store_true",
                         help="measure the pieces' sound again from their WAVs (with --reuse or "
                              "--report-only: figures added since they were written come in)")
+    parser.add_argument("--continuations", action="store_true",
+                        help=f"also continue {CONTINUATIONS} seeds cut from the held-out piece "
+                             f"with each way of sounding, and say how the continuations follow "
+                             f"the music that really came next (generation only, -e 0)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: measure again and summarise the pieces in --work")
     args = parser.parse_args()
 
     tool = load_tool()
-    results = {}
+    results, continuations = {}, {}
     for name in args.sets.split(","):
         if name == "synthetic":
             train_folder, held_out = synthetic_set(tool, args.work / "synthetic")
@@ -429,6 +520,14 @@ def main():
                 runs = [(label, remeasured(tool, reports, run_folder, reference), seconds)
                         for label, reports, seconds in runs]
             held_out_told = told_apart(tool, [tool.read_wav(held_out)[0]], train_folder)
+            if args.continuations and not args.report_only:
+                random_pieces = [tool.read_wav(run_folder / report["file"])[0]
+                                 for report in reports]
+                rows = continuation_rows(tool, args, train_folder, run_folder, held_out, frames,
+                                         random_pieces)
+                continuations[(name, frames)] = rows
+                print(json.dumps({"set": name, "frames": frames, "continuations": rows}),
+                      flush=True)
             for label, reports, seconds in runs:
                 if not reports:  # --report-only: that row was never generated
                     continue
@@ -445,7 +544,9 @@ def main():
     (args.work / "quality.json").write_text(json.dumps(
         {"settings": settings, "results": [{"set": name, "frames": frames, "sampling": label,
                                             **figures}
-                                           for (name, frames, label), figures in results.items()]},
+                                           for (name, frames, label), figures in results.items()],
+         "continuations": [{"set": name, "frames": frames, **rows}
+                           for (name, frames), rows in continuations.items()]},
         indent=1))
 
 

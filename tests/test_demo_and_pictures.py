@@ -115,3 +115,17 @@ def test_a_bad_seed_wav_is_refused_before_any_work(trained, case):
     assert {"too short": "needs at least 1 s", "not audio": "not a readable WAV",
             "missing": "no such file"}[case] in result.stderr
     assert checkpoint.read_bytes() == before  # refused before training
+
+
+def test_generating_from_a_checkpoint_takes_its_size(trained):
+    """-e 0 without -n or -l uses the checkpoint's size; a size given that differs is refused."""
+    root, music = trained
+    result = run_cli("-d", music, "-t", root / "cache", "-e", "0", "-s", "1", "-g", "1",
+                     "-o", "sized", "--no-plots", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "Using the checkpoint's network size, -n 8 -l 1" in result.stdout
+    assert (root / "sized-0.wav").exists()
+    refused = run_cli("-d", music, "-t", root / "cache", "-e", "0", "-n", "16", "-o", "sized",
+                      "--no-plots", cwd=root)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "holds a network of -n 8 -l 1, but this run asks for -n 16 -l 4" in refused.stderr

@@ -136,3 +136,25 @@ def test_a_wav_read_on_demand_measures_like_the_array(mc, tmp_path, music_refere
     on_demand.close()
     for key, value in from_array.items():
         assert from_file[key] == pytest.approx(value, rel=1e-6, nan_ok=True), key
+
+
+def test_a_figure_a_piece_is_too_short_for_says_so(mc, tmp_path, capsys):
+    """Structure needs more than 2 s and the pulse 6 s: a 2-s piece says "too short" for them
+    and writes null, not NaN (which is not JSON)."""
+    import json
+
+    from conftest import melody, write_int16
+
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "a.wav", melody(8.0))
+    cache = mc.prepare_cache(music, tmp_path / "cache")
+    path = write_int16(tmp_path / "short-0.wav", melody(2.0, seed=3))
+    figures = mc.report_piece(path, cache.reference, 0.0, mc.copy_figures([1, 2], cache.file_starts))
+    assert np.isnan(figures["structure"]) and np.isnan(figures["pulse"])
+    out = capsys.readouterr().out
+    assert "structure too short" in out and "pulse too short, tempo kept too short" in out
+    assert "nan" not in out
+    written = json.loads((tmp_path / "short-0.json").read_text())
+    assert written["structure"] is None and written["pulse"] is None
+    assert written["clicks"] == pytest.approx(figures["clicks"])
