@@ -2821,6 +2821,8 @@ def autocorrelation(envelope):
     """The envelope's autocorrelation, its mean removed, normalised by lag 0 (zeros if flat)."""
     from scipy import fft
 
+    if len(envelope) < 2:  # a file shorter than two log-mel hops
+        return np.zeros(len(envelope))
     centred = np.asarray(envelope, np.float64) - np.mean(envelope)
     power = np.abs(fft.rfft(centred, 2 * len(centred))) ** 2
     correlation = fft.irfft(power)[: len(centred)]
@@ -3633,11 +3635,11 @@ def make_parser():
                               "overwritten: numbering goes on (default: output)")
     network = parser.add_argument_group("network")
     network.add_argument("-n", "--hidden-layer-neurons", type=positive_int,
-                         help="LSTM units in each layer (default: the checkpoint's, else 1024; "
-                              "--demo: 256)")
+                         help="LSTM units in each layer (default: 1024, or the checkpoint's when "
+                              "neither -n nor -l is given; --demo: 256)")
     network.add_argument("-l", "--hidden-layer-count", type=positive_int,
-                         help="number of stacked LSTM layers (default: the checkpoint's, else 4; "
-                              "--demo: 2)")
+                         help="number of stacked LSTM layers (default: 4, or the checkpoint's "
+                              "when neither -n nor -l is given; --demo: 2)")
     training = parser.add_argument_group("training")
     training.add_argument("-e", "--epochs", type=non_negative_int,
                           help="epochs to train in this run; 0 generates from the checkpoint "

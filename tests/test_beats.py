@@ -188,3 +188,11 @@ def test_a_jump_between_copies_of_a_drum_loop_keeps_the_grid(mc, tmp_path):
     grid = np.mod(kicks - (0.1 - (start + 1) * 0.25 + 0.125), 0.25)
     grid = np.minimum(grid, 0.25 - grid)
     assert len(kicks) >= 7 and grid.max() < 0.003, (kicks, grid)
+
+
+def test_a_file_too_short_for_a_beat_has_none(mc):
+    for samples in (0, 100, 3000, RATE):
+        audio = hits([0.01], max(samples, 1) / RATE)[:samples]
+        places, pulse = mc.frame_beats(envelope(mc, audio), 3)
+        assert np.isnan(places).all() and not pulse >= mc.STEADY_PULSE
+        assert np.isnan(mc.rhythm_figures(*mc.rhythm_windows(envelope(mc, audio)))["pulse"])
