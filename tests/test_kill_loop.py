@@ -47,10 +47,14 @@ def start(music, cache, cwd, log):
 
 def check_invariants(mc, music, cache, cwd, expected):
     trusted = mc.load_cache(cache, mc.dataset_fingerprint(mc.find_music_files(music)))
-    if trusted is not None:  # frames, the recorded audio and the index, all as computed fresh
+    if trusted is not None:  # frames, the recorded audio, the index, the beats and the pitch
+        # classes, all as computed fresh
         np.testing.assert_allclose(trusted.frames, expected.frames, atol=2e-3)
         np.testing.assert_array_equal(trusted.audio, expected.audio)
         np.testing.assert_allclose(trusted.codes, expected.codes, atol=1e-2)
+        np.testing.assert_array_equal(trusted.beats, expected.beats)
+        np.testing.assert_allclose(trusted.chroma, expected.chroma, atol=1e-5)
+        np.testing.assert_array_equal([trusted.reference.pulse], [expected.reference.pulse])
     checkpoint = cache / mc.CHECKPOINT_NAME
     if checkpoint.exists():
         metadata, _, _ = mc.read_checkpoint_metadata(checkpoint)
