@@ -673,12 +673,6 @@ class PhaseRebuilder:
         return within_music_levels(predict_next, music_frames)
 
 
-@functools.cache
-def hann():
-    """A periodic Hann window of WINDOW_SIZE: windows a block apart sum to exactly 1."""
-    return np.square(sqrt_hann())
-
-
 class RealFrames:
     """The training music's real frames, found by their sound: each frame of the cache is
     compressed to INDEX_DIMENSIONS numbers (its projection on the principal axes, computed once
@@ -721,9 +715,6 @@ class RealFrames:
     def for_network(self, indices):  # (pieces,) -> (pieces, NUM_FEATURES), network-normalised
         rows = np.concatenate([read_span(self.cache.frames, index, 1) for index in indices])
         return normalise(denormalise(rows, self.cache.mean, self.cache.std), self.mean, self.std)
-
-    def grains(self, indices):  # (pieces,) -> (pieces, WINDOW_SIZE) float32 recorded audio
-        return np.stack([self.cache.grain(index) for index in indices])
 
     def window_starts(self, indices):  # (pieces,) -> (pieces,) int64 samples into cache.audio
         indices = np.asarray(indices)
@@ -2798,9 +2789,9 @@ def log_mel_stats(read_samples, num_samples, filters, into=None):
     return stats
 
 
-# Rhythm: the onset envelope is the spectral flux above, one value per log-mel hop (43 a second): how
-# much louder the bands got. A beat repeats in it, so its autocorrelation peaks at the beat's
-# period; the beats themselves are found by dynamic programming (Ellis, 2007, "Beat tracking
+# Rhythm: the onset envelope is the spectral flux above, one value per log-mel hop (43 a
+# second): how much louder the bands got. A beat repeats in it, so its autocorrelation peaks at
+# the beat's period; the beats themselves are found by dynamic programming (Ellis, 2007, "Beat tracking
 # by dynamic programming"): the best chain of strong onsets about a period apart, each beat's
 # own position kept, so a piece that drifts or changes tempo is followed.
 
