@@ -807,7 +807,8 @@ class GrainSynthesis:
     minimises its (squared) distance to the prediction plus JOIN_WEIGHT times its distance to
     the real successor of the last choice; the successor's own cost is scaled by STAY_WEIGHT,
     so the recording goes on while the predictions agree with it (a unit) and jumps where they
-    depart. That real frame is fed back in (steer), and its recording is played (push): a
+    depart, and every other frame's grows with how far its level is from the music's
+    (RealFrames.level_cost), so that a piece neither sinks nor swells. That real frame is fed back in (steer), and its recording is played (push): a
     successor simply continues it, sample for sample.
 
     Where the music has a steady beat (the cache's beats), a jump lands where the beat goes on:
