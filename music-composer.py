@@ -132,29 +132,48 @@ DEMO_DEFAULTS = {**DEFAULTS, "datasets_folder_path": f"{DEMO_FOLDER}/music/",
 SEED_PREFIX_SECONDS = 2.0  # of the user's own music at the start of a --seed-wav piece
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, the machine's request to stop (docker stop, systemctl stop, a cluster's
+    preemption): handled as Ctrl-C is, but the run then ends, with exit status 143."""
+
+
+def stop_signal_raised(signum):
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def raise_stop_signal(signum, frame):
+    """Outside the safe points, Ctrl-C or SIGTERM unwinds the run at once, closing what it
+    holds (never a half-written file under a final name: those are renamed into place)."""
+    raise stop_signal_raised(signum)
+
+
 class QuitAtSafePoints:
-    """Ctrl-C quits at the next safe point: between files while preprocessing, between frames
-    while generating. The handler only notes the press and the work raises KeyboardInterrupt
-    itself at check(), so that no library in between can swallow it (TensorFlow's input
-    pipeline did, during training); a second press raises at once."""
+    """Ctrl-C or SIGTERM quits at the next safe point: between files while preprocessing,
+    between frames while generating. The handler only notes the signal and the work raises
+    KeyboardInterrupt (Terminated for SIGTERM) itself at check(), so that no library in between
+    can swallow it (TensorFlow's input pipeline did, during training); a second signal raises
+    at once."""
 
     requested = False
+    signum = signal.SIGINT  # the first signal received
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self.handle)
+        self.previous = {number: signal.signal(number, self.handle)
+                         for number in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise stop_signal_raised(signum)
+        self.requested, self.signum = True, signum
 
     def check(self):
         if self.requested:
-            raise KeyboardInterrupt
+            raise stop_signal_raised(self.signum)
 
     def __exit__(self, *exc_info):
-        signal.signal(signal.SIGINT, self.previous)
+        for number, previous in self.previous.items():
+            signal.signal(number, previous)
 
 
 class UserError(Exception):
@@ -2031,7 +2050,10 @@ class StopOnCtrlC(QuitAtSafePoints):
     def handle(self, signum, frame):
         super().handle(signum, frame)
         self.model.stop_training = True
-        say("\nCtrl-C: stopping after this batch (press Ctrl-C again to quit).")
+        if signum == signal.SIGTERM:
+            say("\nSIGTERM: stopping after this batch; the last finished epoch is kept.")
+        else:
+            say("\nCtrl-C: stopping after this batch (press Ctrl-C again to quit).")
 
 
 def make_checkpoint_callback(cache_dir, metadata, mean, std, interrupted=lambda: False):
@@ -2101,6 +2123,8 @@ def train(model, cache, metadata, config, rng, replicas=1):
                   initial_epoch=start_epoch, epochs=start_epoch + config.epochs,
                   callbacks=[callback, *watching_callbacks(cache, metadata, config)],
                   verbose=1 if sys.stdout.isatty() else 0)
+    if ctrl_c.requested and ctrl_c.signum == signal.SIGTERM:
+        raise Terminated
     if ctrl_c.requested:
         say(f"Training interrupted after {metadata['epochs_done']} epoch(s); moving on to "
             f"generation (press Ctrl-C again to quit).")
@@ -3823,11 +3847,15 @@ def main(argv=None):
     # Ctrl-C (SIGINT) always stops the run cleanly, even when the shell that started it told its
     # children to ignore SIGINT, as non-interactive shells do for background jobs.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, raise_stop_signal)  # else SIGTERM ends the run unannounced
     try:
         run(config)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Terminated:
+        print("\nStopped by SIGTERM. Finished checkpoints and outputs are kept.", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("\nStopped by Ctrl-C. Finished checkpoints and outputs are kept.", file=sys.stderr)
         return 130

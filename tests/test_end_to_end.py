@@ -238,3 +238,41 @@ def test_two_ctrl_c_during_training_quit(tmp_path):
     assert process.returncode == 130, stderr
     assert "Stopped by Ctrl-C" in stderr and "Traceback" not in stderr
     assert load_script().read_checkpoint_metadata(checkpoint)[0]["epochs_done"] >= 1
+
+
+def test_sigterm_during_training_keeps_the_last_epoch_and_exits_143(tmp_path):
+    """SIGTERM, as docker stop or a cluster's preemption sends it: training stops after the
+    batch, the last finished epoch stays the checkpoint, and the run ends (no generation) with
+    status 143 well inside Docker's 10 s grace period."""
+    process, checkpoint = start_long_training(tmp_path, 60.0, 4, "-g", "1", "-s", "1",
+                                              "-n", "32", "-l", "2", "-b", "4")
+    time.sleep(0.3)  # into the next epoch
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    stdout, stderr = process.communicate(timeout=120)
+    assert time.monotonic() - sent < 10
+    assert process.returncode == 143, stderr
+    assert "SIGTERM: stopping after this batch" in stdout
+    assert "Stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    mc = load_script()
+    metadata, _, _ = mc.read_checkpoint_metadata(checkpoint)
+    assert 1 <= metadata["epochs_done"] < 500
+    assert mc.model_shape(mc.load_checkpoint_model(checkpoint)) == (32, 2)
+    assert not list(tmp_path.glob("output-*")) and not list(tmp_path.glob(".output-*"))
+
+
+def test_sigterm_during_generation_leaves_no_half_written_wav(trained):
+    root, music, _ = trained
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "-d", music, "-t", root / "cache", "-e", "0", "-g", "2",
+         "-s", "3600", "-o", "terminated", *TINY], cwd=root, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("Generating 2 piece(s)"):
+            break
+    time.sleep(2.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert "Stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert not list(root.glob("terminated-*")) and not list(root.glob(".terminated-*"))
