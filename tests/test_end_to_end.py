@@ -194,19 +194,26 @@ def test_sigint_during_training_keeps_a_checkpoint_that_loads(tmp_path):
     assert_good_piece(tmp_path / "output-0.wav", 1)
 
 
-def test_second_ctrl_c_quits_during_generation_leaving_no_half_written_wav(trained):
+def signal_during_generation(trained, name, signum):
+    """A long generation run, sent `signum` two seconds into generating: (status, stderr)."""
     root, music, _ = trained
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), "-d", music, "-t", root / "cache", "-e", "0", "-g", "2",
-         "-s", "3600", "-o", "long", *TINY], cwd=root, stdout=subprocess.PIPE,
+         "-s", "3600", "-o", name, *TINY], cwd=root, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
         if line.startswith("Generating 2 piece(s)"):
             break
     time.sleep(2.0)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
+    return process.returncode, stderr
+
+
+def test_second_ctrl_c_quits_during_generation_leaving_no_half_written_wav(trained):
+    root = trained[0]
+    returncode, stderr = signal_during_generation(trained, "long", signal.SIGINT)
+    assert returncode == 130
     assert "Stopped by Ctrl-C" in stderr and "Traceback" not in stderr
     assert not list(root.glob("long-*")) and not list(root.glob(".long-*"))
 
@@ -262,17 +269,8 @@ def test_sigterm_during_training_keeps_the_last_epoch_and_exits_143(tmp_path):
 
 
 def test_sigterm_during_generation_leaves_no_half_written_wav(trained):
-    root, music, _ = trained
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "-d", music, "-t", root / "cache", "-e", "0", "-g", "2",
-         "-s", "3600", "-o", "terminated", *TINY], cwd=root, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    for line in process.stdout:
-        if line.startswith("Generating 2 piece(s)"):
-            break
-    time.sleep(2.0)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143
+    root = trained[0]
+    returncode, stderr = signal_during_generation(trained, "terminated", signal.SIGTERM)
+    assert returncode == 143
     assert "Stopped by SIGTERM" in stderr and "Traceback" not in stderr
     assert not list(root.glob("terminated-*")) and not list(root.glob(".terminated-*"))
