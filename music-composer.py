@@ -68,6 +68,9 @@ CHECKPOINT_VERSION = 1
 CACHE_MANIFEST = "cache.json"
 CHECKPOINT_NAME = "model.keras"
 BEST_CHECKPOINT_NAME = "model-best.keras"
+MIDEPOCH_CHECKPOINT_NAME = "model-midepoch.keras"  # the epoch in progress, to resume mid-epoch
+SAVE_EVERY_MINUTES = 5.0  # default --save-every-minutes: a save of the default network (674 MB
+# with Adam's state) takes 1.4-5 s on the project's 2-core CPU, about 1 % of five minutes
 CHECKPOINT_METADATA = "music_composer.json"  # our entry inside the .keras zip
 # How audio becomes frames (see the FFT frames section); both are NUM_FEATURES wide.
 FRAME_KINDS = {"magnitude": "log-magnitude of 0.5 s windows every 0.25 s, phase rebuilt "
@@ -117,6 +120,7 @@ class Config:
     gpus: int | None = None  # train on at most this many GPUs; None: every visible one
     demo: bool = False  # write and use the built-in demo piece
     size_from_checkpoint: bool = False  # neither -n nor -l given: a checkpoint's size is used
+    save_every_minutes: float = SAVE_EVERY_MINUTES  # mid-epoch checkpoints; 0: at epoch ends only
 
 
 # The settings of a plain run, and of --demo (smaller, so it finishes in minutes on a CPU).
@@ -1998,6 +2002,13 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
                  length=WINDOW_FRAMES):
     """A keras.utils.PyDataset over the memory-mapped frames: nothing loaded whole.
 
+    shuffle: training batches, endless, to be fit() with steps_per_epoch. Batch i, counted from
+    start_at(epoch, batch) across epochs, is batch i % len(self) of epoch i // len(self), whose
+    order of windows and noise are seeded by the epoch's number: a batch is the same whenever
+    it is drawn (tf.data draws the next epoch's first batches before Keras says that epoch
+    began) and in a run that resumes from a saved position() mid-epoch. Without shuffle
+    (validation): one epoch of batches in the order given, the same every time.
+
     multiple: every batch holds a multiple of this many windows (the devices training together,
     which share each batch evenly); the fewer than `multiple` windows left over at the end of
     an epoch wait for the next (shuffled) one; fewer windows than that in all are repeated.
@@ -2011,68 +2022,142 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
         window_starts = np.resize(window_starts, multiple)
 
     class WindowBatches(keras.utils.PyDataset):
+        usable = len(window_starts) - len(window_starts) % multiple
+        first = 0  # the batch, counted across epochs, that index 0 is (start_at)
+        ordered = (None, window_starts)  # (epoch, its order of windows)
+
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
-            self.order = rng.permutation(window_starts) if shuffle else window_starts
-            self.noise_seed, self.epoch = int(rng.integers(2**63)), 0
+            self.shuffle_seed, self.noise_seed = (int(rng.integers(2**63)) for _ in range(2))
+            self.batch_size, self.length = batch_size, length
 
-        def __len__(self):
-            return -(-(len(window_starts) - len(window_starts) % multiple) // batch_size)
+        def __len__(self):  # batches in an epoch
+            return -(-self.usable // batch_size)
+
+        @property
+        def num_batches(self):  # for Keras: None, endless
+            return None if shuffle else len(self)
+
+        def start_at(self, epoch, batch=0):
+            self.first = epoch * len(self) + batch
+
+        def order(self, epoch):
+            if shuffle and self.ordered[0] != epoch:
+                epoch_rng = np.random.default_rng((self.shuffle_seed, epoch))
+                self.ordered = (epoch, epoch_rng.permutation(window_starts))
+            return self.ordered[1]
 
         def __getitem__(self, index):
-            usable = len(window_starts) - len(window_starts) % multiple
+            epoch, index = divmod(self.first + index, len(self))
             inputs, targets = gather_windows(
-                frames, self.order[index * batch_size : min((index + 1) * batch_size, usable)],
-                length)
-            if input_noise:  # seeded per batch: repeatable whichever thread asks
-                noise_rng = np.random.default_rng((self.noise_seed, self.epoch, index))
+                frames, self.order(epoch)[index * batch_size :
+                                          min((index + 1) * batch_size, self.usable)], length)
+            if input_noise:  # seeded per batch: repeatable whichever thread asks, and when
+                noise_rng = np.random.default_rng((self.noise_seed, epoch, index))
                 # A new array: inputs and targets are views of the same windows.
                 inputs = inputs + input_noise * noise_rng.standard_normal(inputs.shape, np.float32)
             return inputs, targets
 
-        def on_epoch_end(self):
-            self.epoch += 1
-            if shuffle:
-                self.order = rng.permutation(window_starts)
+        def samples(self, batches_done):  # sequences in an epoch's first batches_done batches
+            return min(batches_done * batch_size, self.usable)
+
+        def position(self, epoch, batches_done):
+            """Where training is, after batches_done batches of epoch (counted from 0)."""
+            return {"epoch": epoch, "batches_done": batches_done, "batches": len(self),
+                    "batch_size": batch_size, "sequence_frames": length,
+                    "windows": len(window_starts), "shuffle_seed": self.shuffle_seed,
+                    "noise_seed": self.noise_seed}
+
+        def resume(self, position):
+            self.shuffle_seed, self.noise_seed = position["shuffle_seed"], position["noise_seed"]
 
     return WindowBatches()
 
 
-class StopOnCtrlC(QuitAtSafePoints):
-    """While training: the first Ctrl-C asks Keras to stop after the current batch, and the
-    epoch it cuts short is not saved; a second Ctrl-C quits at once. (Left to Python, the
-    KeyboardInterrupt can land inside TensorFlow's input pipeline, which swallows it: training
-    then simply went on.)"""
+class TrainingStopped(Exception):
+    """Ctrl-C or SIGTERM taken at a safe point of training, once the batch reached is saved."""
 
-    def __init__(self, model):
-        self.model = model
+
+class StopOnCtrlC(QuitAtSafePoints):
+    """While training: the first Ctrl-C or SIGTERM is noted, and the checkpoint callback saves
+    the batch reached and stops training after the current batch; a second one quits at once.
+    (Left to Python, the KeyboardInterrupt can land inside TensorFlow's input pipeline, which
+    swallows it: training then simply went on.)"""
 
     def handle(self, signum, frame):
         super().handle(signum, frame)
-        self.model.stop_training = True
-        if signum == signal.SIGTERM:
-            say("\nSIGTERM: stopping after this batch; the last finished epoch is kept.")
-        else:
-            say("\nCtrl-C: stopping after this batch (press Ctrl-C again to quit).")
+        name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        more = "" if signum == signal.SIGTERM else " (press Ctrl-C again to quit)"
+        say(f"\n{name}: stopping after this batch, which is saved{more}.")
 
 
-def make_checkpoint_callback(cache_dir, metadata, mean, std, interrupted=lambda: False):
-    """After each epoch: stop on a NaN loss, else save the checkpoint (and the best one), unless
-    Ctrl-C cut the epoch short."""
+def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
+                             stop=lambda: False, save_every_s=math.inf, resumed=None):
+    """After each epoch: stop on a NaN loss, else save the checkpoint (and the best one).
+    During an epoch: save the weights, the optimizer's state and the position reached every
+    save_every_s seconds, and when stop() says Ctrl-C or SIGTERM came, then end training with
+    TrainingStopped. batches: the training PyDataset (make_batches); resumed: the position of
+    an epoch that this run took up midway."""
     keras = import_keras()
+    folder = Path(cache_dir)
 
     class SaveCheckpoint(keras.callbacks.Callback):
         diverged = False
+        earlier = resumed  # where the current epoch was taken up, or None
+        epoch, loss = 0, math.nan  # the epoch in progress, and its loss so far
+        last_save = time.monotonic()
+
+        def on_train_begin(self, logs=None):
+            self.last_save = time.monotonic()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def before(self):  # batches of this epoch trained by an earlier run
+            return self.earlier["batches_done"] if self.earlier else 0
+
+        def epoch_loss(self, loss, batches_done):
+            """The loss over the epoch's first batches_done batches, counting those of an
+            earlier run (Keras's own figure, `loss`, covers this run's batches only)."""
+            if not self.earlier:
+                return loss
+            earlier = batches.samples(self.before())
+            now = batches.samples(batches_done) - earlier
+            return (self.earlier["loss"] * earlier + loss * now) / max(earlier + now, 1)
 
         def on_train_batch_end(self, batch, logs=None):
-            if not math.isfinite((logs or {}).get("loss", 0.0)):
+            loss = (logs or {}).get("loss", 0.0)
+            if not math.isfinite(loss):
                 self.diverged = True
                 self.model.stop_training = True
+                return
+            if batches is None:
+                return
+            done = self.before() + batch + 1
+            self.loss = self.epoch_loss(loss, done)
+            if stop() or (time.monotonic() - self.last_save >= save_every_s
+                          and done < len(batches)):  # (an epoch's end saves anyway)
+                self.save_position(done)
+
+        def on_test_batch_end(self, batch, logs=None):
+            if stop() and batches is not None:  # stopped while validating: the epoch's
+                self.save_position(len(batches))  # training is done, its validation not
+
+        def save_position(self, done):
+            path = folder / MIDEPOCH_CHECKPOINT_NAME
+            position = {**batches.position(self.epoch, done), "loss": self.loss,
+                        "cache_fingerprint": metadata.get("cache_fingerprint")}
+            save_checkpoint(path, self.model, {**metadata, "midepoch": position}, mean, std)
+            self.last_save = time.monotonic()
+            say(f"epoch {self.epoch + 1} | batch {done} of {len(batches)} | saved {path}")
+            if stop():
+                raise TrainingStopped
 
         def on_epoch_end(self, epoch, logs=None):
-            if interrupted():
-                return  # an unfinished epoch: the last finished one stays the checkpoint
             loss, val_loss = logs.get("loss", math.nan), logs.get("val_loss", math.nan)
+            if batches is not None:
+                loss = self.epoch_loss(loss, len(batches))
+            self.earlier = None
             if self.diverged or not (math.isfinite(loss) and math.isfinite(val_loss)):
                 self.diverged = True
                 self.model.stop_training = True
@@ -2080,8 +2165,10 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, interrupted=lambda:
             metadata["epochs_done"] += 1
             metadata["history"].append({"epoch": metadata["epochs_done"], "loss": loss,
                                         "val_loss": val_loss})
-            path = Path(cache_dir) / CHECKPOINT_NAME
+            path = folder / CHECKPOINT_NAME
             save_checkpoint(path, self.model, metadata, mean, std)
+            (folder / MIDEPOCH_CHECKPOINT_NAME).unlink(missing_ok=True)  # now out of date
+            self.last_save = time.monotonic()
             note = ""
             if val_loss < metadata.get("best_val_loss", math.inf):
                 metadata["best_val_loss"] = val_loss
@@ -2090,13 +2177,36 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, interrupted=lambda:
                 note = f" (best so far, also saved as {BEST_CHECKPOINT_NAME})"
             say(f"epoch {metadata['epochs_done']} | loss {loss:.4f} | val_loss {val_loss:.4f}"
                 f" | saved {path}{note}")
+            if stop():
+                raise TrainingStopped
 
     return SaveCheckpoint()
 
 
+def resumable_position(metadata, batches, cache):
+    """The position saved in a mid-epoch checkpoint, if this run can go on from it, else None
+    (saying why the epoch starts again)."""
+    position = metadata.pop("midepoch", None)
+    if position is None:
+        return None
+    epoch, done = position["epoch"] + 1, position["batches_done"]
+    if (position["cache_fingerprint"], position["batch_size"], position["sequence_frames"],
+            position["windows"], position["epoch"]) != (
+            cache.fingerprint, batches.batch_size, batches.length,
+            batches.position(0, 0)["windows"], metadata["epochs_done"]):
+        say(f"The music, the batch size or the sequence length changed since epoch {epoch} was "
+            f"stopped at batch {done}: that epoch starts again from its first batch, with the "
+            f"weights it had reached.")
+        return None
+    say(f"Going on with epoch {epoch} from batch {done} of {position['batches']}.")
+    batches.resume(position)
+    return position
+
+
 def train(model, cache, metadata, config, rng, replicas=1):
-    """Train config.epochs more epochs; return the model to generate with. With several
-    replicas, each takes config.batch_size windows a step: the global batch is their sum."""
+    """Train config.epochs more epochs (an epoch stopped midway is finished first, and counts
+    as one of them); return the model to generate with. With several replicas, each takes
+    config.batch_size windows a step: the global batch is their sum."""
     length = sequence_length(cache.file_starts, config.sequence_seconds)
     train_starts, validation_starts = split_windows(cache.file_starts, length,
                                                     training_stride(length))
@@ -2111,23 +2221,52 @@ def train(model, cache, metadata, config, rng, replicas=1):
     say(f"Training on {len(train_starts)} sequences of {length / FRAMES_PER_SECOND:g} s, "
         f"validating on {len(validation_starts)}, batch size {config.batch_size}"
         + (f" on each of {replicas} devices ({batch_size} a step)." if replicas > 1 else "."))
-    start_epoch = metadata["epochs_done"]
-    with StopOnCtrlC(model) as ctrl_c:
-        callback = make_checkpoint_callback(config.cache_dir, metadata, cache.mean, cache.std,
-                                            interrupted=lambda: ctrl_c.requested)
-        model.fit(make_batches(cache.frames, train_starts, batch_size, rng, shuffle=True,
-                               input_noise=SAMPLING[config.frames]["input_noise"],
-                               multiple=replicas, length=length),
-                  validation_data=make_batches(cache.frames, validation_starts, batch_size, rng,
-                                               shuffle=False, multiple=replicas, length=length),
-                  initial_epoch=start_epoch, epochs=start_epoch + config.epochs,
-                  callbacks=[callback, *watching_callbacks(cache, metadata, config)],
+    training = make_batches(cache.frames, train_starts, batch_size, rng, shuffle=True,
+                            input_noise=SAMPLING[config.frames]["input_noise"],
+                            multiple=replicas, length=length)
+    validation = make_batches(cache.frames, validation_starts, batch_size, rng, shuffle=False,
+                              multiple=replicas, length=length)
+    position = resumable_position(metadata, training, cache)
+    end_epoch = metadata["epochs_done"] + config.epochs
+
+    def fit(epochs, batch=0):  # from batch `batch` of the next epoch
+        epoch = metadata["epochs_done"]
+        training.start_at(epoch, batch)
+        model.fit(training, validation_data=validation, shuffle=False,  # (ours is seeded)
+                  steps_per_epoch=len(training) - batch,
+                  initial_epoch=epoch, epochs=epoch + epochs, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 0)
+
+    with StopOnCtrlC() as ctrl_c:
+        callback = make_checkpoint_callback(
+            config.cache_dir, metadata, cache.mean, cache.std, training,
+            stop=lambda: ctrl_c.requested, resumed=position,
+            save_every_s=60 * config.save_every_minutes or math.inf)
+        callbacks = [callback, *watching_callbacks(cache, metadata, config)]
+        try:
+            if position is None:
+                fit(config.epochs)
+            elif position["batches_done"] < len(training):  # Keras counts an epoch's batches
+                fit(1, position["batches_done"])  # once: the rest of the stopped one alone
+            else:  # stopped while validating; the watching callbacks miss this epoch's end
+                callback.set_model(model)
+                callback.on_epoch_begin(metadata["epochs_done"])
+                callback.on_epoch_end(metadata["epochs_done"], {
+                    "loss": position["loss"], "val_loss": model.evaluate(validation, verbose=0)})
+            if position is not None and metadata["epochs_done"] < end_epoch \
+                    and not callback.diverged:
+                fit(end_epoch - metadata["epochs_done"])
+        except TrainingStopped:
+            pass
+    if ctrl_c.requested:  # Keras's input pipeline, left mid-epoch, is freed now: freed as the
+        import gc  # interpreter shuts down, under MirroredStrategy it could hang the exit
+
+        gc.collect()
     if ctrl_c.requested and ctrl_c.signum == signal.SIGTERM:
         raise Terminated
     if ctrl_c.requested:
-        say(f"Training interrupted after {metadata['epochs_done']} epoch(s); moving on to "
-            f"generation (press Ctrl-C again to quit).")
+        say(f"Training interrupted after {metadata['epochs_done']} epoch(s); the next run goes "
+            f"on from the batch reached. Moving on to generation (press Ctrl-C again to quit).")
         return reload_last_checkpoint(model, config.cache_dir)
     if callback.diverged:
         warn("the loss became NaN; training stopped and the last good checkpoint was kept.")
@@ -2205,8 +2344,10 @@ def log_preview(folder, path, figures, epoch):
 def reload_last_checkpoint(model, cache_dir):
     path = Path(cache_dir) / CHECKPOINT_NAME
     if not path.exists():
-        raise UserError("Training stopped before the first epoch finished, so there is no "
-                        "checkpoint to generate from. Run again and let one epoch finish.")
+        raise UserError(f"Training stopped before the first epoch finished, so there is no "
+                        f"checkpoint to generate from yet. The batch reached is saved in "
+                        f"{path.with_name(MIDEPOCH_CHECKPOINT_NAME)}: run again to go on "
+                        f"from there.")
     return load_checkpoint_model(path)
 
 
@@ -2234,7 +2375,8 @@ def new_metadata(config, cache, head):
 
 
 def prepare_model(config, cache, checkpoint):
-    """A new model, or the checkpoint's, ready to train; and the metadata to save with it."""
+    """A new model, or the checkpoint's (the last epoch's, or a mid-epoch one), ready to train;
+    and the metadata to save with it."""
     if checkpoint is None:
         head = make_head(config.head or DEFAULT_HEAD[config.frames])
         say(f"No checkpoint yet: starting a new model that predicts {HEADS[head.name]}.")
@@ -2242,7 +2384,9 @@ def prepare_model(config, cache, checkpoint):
             new_metadata(config, cache, head)
     path, metadata, _, _ = checkpoint
     model = load_checkpoint_model(path)
-    say(f"Resuming from {path} after epoch {metadata['epochs_done']}.")
+    say(f"Resuming from {path}, " + (f"in epoch {metadata['epochs_done'] + 1}."
+                                      if "midepoch" in metadata else
+                                      f"after epoch {metadata['epochs_done']}."))
     if metadata.get("cache_fingerprint") != cache.fingerprint:
         say("The music changed since that checkpoint was trained: training continues from it "
             "on the new music, with the new normalisation statistics.")
@@ -3618,7 +3762,8 @@ def number_between(low, high, example):
     return parse
 
 
-temperature = number_between(0, 4, "0.5")  # the scale of the sampled errors
+temperature = number_between(0, 4, "0.5")
+save_every_minutes = number_between(0, 24 * 60, "5")  # the scale of the sampled errors
 copy_limit = number_between(1 / FRAMES_PER_SECOND, 3600, "4")  # seconds: at least one frame
 sequence_seconds = number_between(WINDOW_FRAMES / FRAMES_PER_SECOND, 600, "8")
 
@@ -3673,6 +3818,11 @@ def make_parser():
                           help=f"length of the music the network learns from at a time (and of "
                                f"a seed), at least 1; shortened when the music is too short "
                                f"(default: {SEQUENCE_SECONDS:g}; the original: 1)")
+    training.add_argument("--save-every-minutes", type=save_every_minutes, metavar="M",
+                          help=f"during an epoch, save the batch reached every M minutes "
+                               f"(model-midepoch.keras), so that a run killed or stopped goes on "
+                               f"from there; 0: only at the end of each epoch and on Ctrl-C or "
+                               f"SIGTERM (default: {SAVE_EVERY_MINUTES:g})")
     training.add_argument("--random-seed", type=random_seed,
                           help="make initialisation, shuffling and seeds repeatable on a CPU "
                                "(default: none)")
@@ -3754,7 +3904,9 @@ def config_from_args(args, parser):
                   sequence_seconds=SEQUENCE_SECONDS if args.sequence_seconds is None
                   else args.sequence_seconds,
                   demo=args.demo, size_from_checkpoint=args.hidden_layer_neurons is None
-                  and args.hidden_layer_count is None)
+                  and args.hidden_layer_count is None,
+                  save_every_minutes=SAVE_EVERY_MINUTES if args.save_every_minutes is None
+                  else args.save_every_minutes)
 
 
 def print_settings(config):
@@ -3762,12 +3914,12 @@ def print_settings(config):
         f"{field.name}={getattr(config, field.name)}" for field in dataclasses.fields(config)))
 
 
-def find_checkpoint(config):
+def find_checkpoint(config, name=CHECKPOINT_NAME):
     """(path, metadata, mean, std) of the checkpoint in the traindata folder, or None.
 
     Checked before any work, so that a mismatch costs the user nothing.
     """
-    path = config.cache_dir / CHECKPOINT_NAME
+    path = config.cache_dir / name
     if not path.exists():
         return None
     metadata, mean, std = read_checkpoint_metadata(path)
@@ -3776,6 +3928,20 @@ def find_checkpoint(config):
         check_checkpoint_shape(path, metadata, config.hidden_neurons, config.hidden_layers)
     check_checkpoint_head(path, metadata, config.head)
     return path, metadata, mean, std
+
+
+def find_midepoch_checkpoint(config, checkpoint):
+    """(path, metadata, mean, std) of the epoch in progress when a run was stopped, or
+    None. One older than the last finished epoch (the run was killed between saving that and
+    removing this) is removed."""
+    midepoch = find_checkpoint(config, MIDEPOCH_CHECKPOINT_NAME)
+    if midepoch is None:
+        return None
+    path, metadata = midepoch[:2]
+    if checkpoint is not None and checkpoint[1]["epochs_done"] > metadata["epochs_done"]:
+        path.unlink()
+        return None
+    return midepoch
 
 
 def run(config):
@@ -3798,15 +3964,19 @@ def run(config):
 def compose_from_folder(config):
     """The whole job, once the traindata folder is ours."""
     checkpoint = find_checkpoint(config)
-    if checkpoint is not None and config.size_from_checkpoint:
-        size = checkpoint[1]["hidden_neurons"], checkpoint[1]["hidden_layers"]
+    midepoch = find_midepoch_checkpoint(config, checkpoint)
+    latest = midepoch or checkpoint
+    if latest is not None and config.size_from_checkpoint:
+        size = latest[1]["hidden_neurons"], latest[1]["hidden_layers"]
         if size != (config.hidden_neurons, config.hidden_layers):
             say(f"Using the checkpoint's network size, -n {size[0]} -l {size[1]} (no -n or -l "
                 f"given).")
         config = dataclasses.replace(config, hidden_neurons=size[0], hidden_layers=size[1])
     if config.epochs == 0 and checkpoint is None:
+        stopped = " (the first epoch was stopped midway: leave out -e 0 to go on with it)" \
+            if midepoch else ""
         raise UserError(f"-e 0 generates from a trained model, but there is no checkpoint in "
-                        f"{config.cache_dir}. Train first (leave out -e 0).")
+                        f"{config.cache_dir}{stopped}. Train first (leave out -e 0).")
     seeds = read_seed_wavs(config.seed_wavs, config.frames, config.sequence_seconds) \
         if config.seed_wavs else None
     cache = prepare_cache(config.dataset_dir, config.cache_dir, config.frames)
@@ -3818,7 +3988,7 @@ def compose_from_folder(config):
     say(f"Device: {describe_device(devices)}.")
     if config.epochs > 0:
         with training_scope(devices):
-            model, metadata = prepare_model(config, cache, checkpoint)
+            model, metadata = prepare_model(config, cache, latest)
             say(f"Model: {model.count_params():,} parameters (-n {config.hidden_neurons} "
                 f"-l {config.hidden_layers}).")
             model = train(model, cache, metadata, config, rng, replicas=max(len(devices), 1))

@@ -5,6 +5,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,21 @@ def peak_rss_mb_of_cli(*args, cwd):
                             cwd=cwd, capture_output=True, text=True, timeout=600)
     assert "Traceback" not in result.stderr, result.stderr
     return int(result.stderr.rsplit("PEAK_RSS_KB", 1)[1].split()[0]) / 1024
+
+
+def stop_in_first_epoch(tmp_path, music, name, signum, *flags, env=None):
+    """A run sent `signum` once its first mid-epoch checkpoint exists: (process, seconds from
+    the signal to the end of the process, stdout, stderr)."""
+    cache = tmp_path / name
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "-d", music, "-t", cache, "-o", tmp_path / name,
+         "--save-every-minutes", "0.0001", *map(str, flags)], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + 120
+    while not (cache / "model-midepoch.keras").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signum)
+    sent = time.monotonic()
+    stdout, stderr = process.communicate(timeout=120)
+    return process, time.monotonic() - sent, stdout, stderr

@@ -68,6 +68,16 @@ def test_temperature_defaults_by_frames_and_is_checked(mc, tmp_path):
         assert "Traceback" not in result.stderr
 
 
+def test_save_every_minutes_defaults_and_is_checked(mc, capsys):
+    assert parse(mc, []).save_every_minutes == mc.SAVE_EVERY_MINUTES
+    assert parse(mc, ["--save-every-minutes", "0"]).save_every_minutes == 0
+    assert parse(mc, ["--save-every-minutes", "0.5"]).save_every_minutes == 0.5
+    for bad in ("-1", "soon", "nan"):
+        with pytest.raises(SystemExit):
+            parse(mc, ["--save-every-minutes", bad])
+        assert "--save-every-minutes" in capsys.readouterr().err
+
+
 def test_short_and_long_flags_are_the_same(mc):
     parser = mc.make_parser()
     short = parser.parse_args("-d a -t b -o c -n 3 -l 2 -e 0 -b 5 -s 7 -g 1".split())

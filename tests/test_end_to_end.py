@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from conftest import SCRIPT, load_script, melody, run_cli, tone, write_int16
+from conftest import SCRIPT, load_script, melody, run_cli, stop_in_first_epoch, tone, write_int16
 
 TINY = ["-n", "8", "-l", "1", "-b", "8", "--random-seed", "0"]
 
@@ -266,6 +266,64 @@ def test_sigterm_during_training_keeps_the_last_epoch_and_exits_143(tmp_path):
     assert 1 <= metadata["epochs_done"] < 500
     assert mc.model_shape(mc.load_checkpoint_model(checkpoint)) == (32, 2)
     assert not list(tmp_path.glob("output-*")) and not list(tmp_path.glob(".output-*"))
+
+
+def test_sigterm_mid_epoch_saves_the_batch_and_the_next_run_ends_as_if_never_stopped(
+        mc, tmp_path):
+    """At the default epoch layout (-b 10, 8 s sequences): SIGTERM lands mid-epoch, the run
+    saves the batch reached and exits 143 inside Docker's 10 s grace period; the next run goes
+    on from that batch, with the same order of sequences and the same noise, and ends with the
+    weights and loss curve of a run never stopped."""
+    music = tmp_path / "music"
+    music.mkdir()
+    for index in range(4):
+        write_int16(music / f"{index}.wav", melody(60.0, seed=20 + index))
+    flags = ["-d", music, "-n", "24", "-l", "1", "-e", "2", "-g", "1", "-s", "1",
+             "--random-seed", "7", "--no-plots"]
+    whole = run_cli(*flags, "-t", tmp_path / "whole", "-o", tmp_path / "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+
+    process, seconds, stdout, stderr = stop_in_first_epoch(
+        tmp_path, music, "stopped", signal.SIGTERM, *flags[2:])
+    assert process.returncode == 143, stderr
+    assert seconds < 10 and "Traceback" not in stderr
+    assert "SIGTERM: stopping after this batch, which is saved" in stdout
+    midepoch = tmp_path / "stopped" / mc.MIDEPOCH_CHECKPOINT_NAME
+    metadata, _, _ = mc.read_checkpoint_metadata(midepoch)
+    position = metadata["midepoch"]
+    assert position["epoch"] == 0 and 1 <= position["batches_done"] < position["batches"] > 4
+    assert f"batch {position['batches_done']} of {position['batches']}" in stdout
+    assert not (tmp_path / "stopped" / mc.CHECKPOINT_NAME).exists()
+    assert not list(tmp_path.glob("stopped-*"))
+
+    resumed = run_cli(*flags, "-t", tmp_path / "stopped", "-o", tmp_path / "stopped",
+                      cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from batch {position['batches_done']} of {position['batches']}" in resumed.stdout
+    assert not midepoch.exists()  # finished epochs made it out of date
+    ends = [mc.read_checkpoint_metadata(tmp_path / name / mc.CHECKPOINT_NAME)[0]
+            for name in ("whole", "stopped")]
+    assert [e["epoch"] for e in ends[1]["history"]] == [1, 2]
+    for one, other in zip(*(end["history"] for end in ends)):
+        assert one["loss"] == pytest.approx(other["loss"], rel=1e-4)
+        assert one["val_loss"] == pytest.approx(other["val_loss"], rel=1e-4)
+    models = [mc.load_checkpoint_model(tmp_path / name / mc.CHECKPOINT_NAME)
+              for name in ("whole", "stopped")]
+    for one, other in zip(*(model.weights for model in models)):
+        np.testing.assert_allclose(one.numpy(), other.numpy(), atol=1e-5)
+
+
+def test_ctrl_c_in_the_first_epoch_saves_the_batch_and_says_how_to_go_on(tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "long.wav", melody(240.0, seed=9))
+    process, _, stdout, stderr = stop_in_first_epoch(
+        tmp_path, music, "cache", signal.SIGINT, "-n", "24", "-l", "1", "-e", "1")
+    assert process.returncode == 1 and "Traceback" not in stderr
+    assert "model-midepoch.keras: run again to go on from there" in stderr
+    generate_only = run_cli("-d", music, "-t", tmp_path / "cache", "-e", "0", cwd=tmp_path)
+    assert generate_only.returncode == 1
+    assert "first epoch was stopped midway: leave out -e 0" in generate_only.stderr
 
 
 def test_sigterm_during_generation_leaves_no_half_written_wav(trained):

@@ -1,6 +1,7 @@
 """SIGKILL at random moments of whole runs: preprocessing, training, checkpointing, generation.
 
-After every kill: a cache that a run would trust is complete and correct, the checkpoint loads,
+After every kill: a cache that a run would trust is complete and correct, the checkpoint and
+the mid-epoch checkpoint (saved after every batch here) load,
 every WAV under a final name is whole, and the next run completes. CI runs this test too;
 `python3 -m pytest -m kill_loop -s` runs it alone and prints where the kills landed.
 Three quarters of the kills come at random delays over a whole run; the other quarter at
@@ -22,7 +23,8 @@ from conftest import SCRIPT, melody, write_int16
 
 MID_RUN_KILLS = 10  # each costs a killed run and a whole one after it: ~16 s on 2 cores
 MAX_ATTEMPTS = 24
-TINY = ["-n", "16", "-l", "2", "-b", "2", "-e", "2", "-g", "2", "-s", "2"]
+TINY = ["-n", "16", "-l", "2", "-b", "2", "-e", "2", "-g", "2", "-s", "2",
+        "--save-every-minutes", "0.0001"]  # a mid-epoch checkpoint after every batch
 PHASES = [("Generating", "generation"), ("epoch ", "training"), ("Training on", "training"),
           ("Model:", "training"), ("Device:", "model set-up"), ("Cached ", "model set-up"),
           ("Reusing", "model set-up"), ("Building", "preprocessing")]
@@ -60,6 +62,11 @@ def check_invariants(mc, music, cache, cwd, expected):
         metadata, _, _ = mc.read_checkpoint_metadata(checkpoint)
         assert mc.model_shape(mc.load_checkpoint_model(checkpoint)) == (16, 2)
         assert metadata["epochs_done"] >= 1
+    midepoch = cache / mc.MIDEPOCH_CHECKPOINT_NAME
+    if midepoch.exists():  # the epoch in progress: loads, and says where it was
+        position = mc.read_checkpoint_metadata(midepoch)[0]["midepoch"]
+        assert 1 <= position["batches_done"] <= position["batches"]
+        assert mc.model_shape(mc.load_checkpoint_model(midepoch)) == (16, 2)
     for path in cwd.glob("output-*.wav"):
         rate, samples = wavfile.read(path)
         assert rate == 44_100 and len(samples) == 2 * 44_100, path

@@ -9,7 +9,11 @@ import sys
 import pytest
 from scipy.io import wavfile
 
-from conftest import SCRIPT, melody, run_cli, write_int16
+import signal
+
+import numpy as np
+
+from conftest import SCRIPT, melody, run_cli, stop_in_first_epoch, write_int16
 
 TWO_DEVICES = {"MUSIC_COMPOSER_TEST_CPU_REPLICAS": "2"}
 
@@ -130,3 +134,29 @@ def test_mirrored_batches_split_evenly_between_devices(mc):
     assert sizes(range(11), 4, 2) == [4, 4, 2]  # one window waits for the next epoch
     assert sizes(range(12), 6, 3) == [6, 6]
     assert sizes([5], 4, 2) == [2]  # too few in all: repeated
+
+
+def test_mirrored_training_stopped_mid_epoch_resumes_as_if_never_stopped(mc, tmp_path):
+    """SIGTERM mid-epoch on 2 devices: the batch reached is saved, and the next run, on 2
+    devices too, ends with the weights of a run never stopped."""
+    music = tmp_path / "music"
+    music.mkdir()
+    for index in range(3):
+        write_int16(music / f"{index}.wav", melody(40.0, seed=30 + index))
+    flags = ["-d", music, "-n", "8", "-l", "1", "-b", "3", "-e", "2", "-g", "1", "-s", "1",
+             "--no-plots", "--random-seed", "4"]
+    whole = run_cli(*flags, "-t", tmp_path / "whole", "-o", tmp_path / "whole", cwd=tmp_path,
+                    env=TWO_DEVICES)
+    assert whole.returncode == 0, whole.stderr
+    process, _, stdout, stderr = stop_in_first_epoch(tmp_path, music, "stopped", signal.SIGTERM,
+                                                     *flags[2:], env=TWO_DEVICES)
+    assert process.returncode == 143, stderr
+    assert "(6 a step)" in stdout and "SIGTERM: stopping after this batch" in stdout
+    resumed = run_cli(*flags, "-t", tmp_path / "stopped", "-o", tmp_path / "stopped",
+                      cwd=tmp_path, env=TWO_DEVICES)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Going on with epoch 1 from batch" in resumed.stdout
+    models = [mc.load_checkpoint_model(tmp_path / name / mc.CHECKPOINT_NAME)
+              for name in ("whole", "stopped")]
+    for one, other in zip(*(model.weights for model in models)):
+        np.testing.assert_allclose(one.numpy(), other.numpy(), atol=1e-5)

@@ -127,15 +127,17 @@ def test_batches_cover_every_window_once_and_reshuffle_each_epoch(mc):
     batches = mc.make_batches(frames, starts, 6, np.random.default_rng(0), shuffle=True)
     assert len(batches) == 7
 
-    def window_starts_of_one_epoch():  # frame i is [2i, 2i + 1]
-        return [int(value) // 2 for index in range(len(batches))
+    def window_starts_of_one_epoch(epoch):  # frame i is [2i, 2i + 1]
+        return [int(value) // 2 for index in range(epoch * 7, (epoch + 1) * 7)
                 for value in batches[index][0][:, 0, 0]]
 
-    first = window_starts_of_one_epoch()
+    first = window_starts_of_one_epoch(0)  # training batches go on across epochs
     assert sorted(first) == list(range(40))
-    batches.on_epoch_end()
-    second = window_starts_of_one_epoch()
+    second = window_starts_of_one_epoch(1)
     assert sorted(second) == list(range(40)) and second != first
+    batches.start_at(1, 3)  # as a run resuming epoch 1 (counted from 0) at its batch 3 would
+    assert [int(value) // 2 for value in batches[0][0][:, 0, 0]] == second[18:24]
+    assert batches.num_batches is None  # endless, for Keras
 
 
 def test_generation_loop_with_a_known_predictor(mc):
@@ -440,3 +442,59 @@ def test_a_run_keeps_numpy_blas_on_one_thread(mc, tmp_path, monkeypatch):
         assert mc.main(["-d", str(music), "-t", str(tmp_path / "t"), "-o",
                         str(tmp_path / "out"), "-e", "1", "-n", "8", "-l", "1"]) == 0
     assert len(seen) == 1 and seen[0] == [1] * len(seen[0]) and seen[0]
+
+
+def small_training_setup(mc, tmp_path):
+    """A cache of 2 short files, a tiny model and the config and metadata train() takes."""
+    music = tmp_path / "music"
+    music.mkdir()
+    for index in range(2):
+        write_int16(music / f"{index}.wav", melody(12.0, seed=index))
+    config = mc.Config(dataset_dir=music, cache_dir=tmp_path / "cache",
+                       output_name=str(tmp_path / "out"), hidden_neurons=8, hidden_layers=1,
+                       epochs=1, batch_size=2, seconds=1, num_pieces=1, sequence_seconds=2.0)
+    cache = mc.prepare_cache(music, config.cache_dir)
+    head = mc.make_head("average")
+    model = mc.build_model(mc.NUM_FEATURES, 8, 1, head)
+    return config, cache, model, mc.new_metadata(config, cache, head)
+
+
+def test_an_epoch_stopped_while_validating_is_validated_by_the_next_run(mc, tmp_path):
+    """SIGTERM after an epoch's last batch, during its validation: the training is saved as
+    done, and the next run only validates it, then saves the epoch with the loss it had."""
+    config, cache, model, metadata = small_training_setup(mc, tmp_path)
+    length = mc.sequence_length(cache.file_starts, config.sequence_seconds)
+    starts, _ = mc.split_windows(cache.file_starts, length, mc.training_stride(length))
+    batches = mc.make_batches(cache.frames, starts, config.batch_size,
+                              np.random.default_rng(0), shuffle=True, length=length)
+    callback = mc.make_checkpoint_callback(config.cache_dir, metadata, cache.mean, cache.std,
+                                           batches, stop=lambda: True)
+    callback.set_model(model)
+    callback.on_epoch_begin(0)
+    callback.loss = 0.75  # the epoch's training loss, as its last batch left it
+    with pytest.raises(mc.TrainingStopped):
+        callback.on_test_batch_end(0)
+    found = mc.find_midepoch_checkpoint(config, mc.find_checkpoint(config))
+    assert found[1]["midepoch"]["batches_done"] == len(batches) > 1
+    model, metadata = mc.prepare_model(config, cache, found)
+    mc.train(model, cache, metadata, config, np.random.default_rng(1))
+    saved, _, _ = mc.read_checkpoint_metadata(config.cache_dir / mc.CHECKPOINT_NAME)
+    assert saved["epochs_done"] == 1 and saved["history"][0]["loss"] == 0.75
+    assert math.isfinite(saved["history"][0]["val_loss"])
+    assert not (config.cache_dir / mc.MIDEPOCH_CHECKPOINT_NAME).exists()
+
+
+def test_a_midepoch_checkpoint_older_than_the_last_epoch_is_removed(mc, tmp_path):
+    """A kill between saving an epoch and removing its mid-epoch checkpoint leaves one that is
+    out of date: the next run removes it, and one that is not stays."""
+    config, cache, model, metadata = small_training_setup(mc, tmp_path)
+    midepoch = config.cache_dir / mc.MIDEPOCH_CHECKPOINT_NAME
+    mc.save_checkpoint(midepoch, model, {**metadata, "epochs_done": 1}, cache.mean, cache.std)
+    mc.save_checkpoint(config.cache_dir / mc.CHECKPOINT_NAME, model,
+                       {**metadata, "epochs_done": 1}, cache.mean, cache.std)
+    checkpoint = mc.find_checkpoint(config)
+    assert mc.find_midepoch_checkpoint(config, checkpoint)[0] == midepoch
+    mc.save_checkpoint(config.cache_dir / mc.CHECKPOINT_NAME, model,
+                       {**metadata, "epochs_done": 2}, cache.mean, cache.std)
+    assert mc.find_midepoch_checkpoint(config, mc.find_checkpoint(config)) is None
+    assert not midepoch.exists()
