@@ -32,6 +32,7 @@ import dataclasses
 import errno
 import functools
 import hashlib
+import html
 import importlib.util
 import io
 import json
@@ -2595,15 +2596,31 @@ def seed_length(cache, config):
     return sequence_length(cache.file_starts, config.sequence_seconds)
 
 
-def pick_seeds(frames, file_starts, count, rng, length=WINDOW_FRAMES):
-    """`count` different random clips of `length` frames, none crossing files."""
+def seed_starts(file_starts, count, rng, length=WINDOW_FRAMES):
+    """The first frames of `count` different random clips of `length` frames, none crossing
+    files."""
     starts = np.concatenate([np.arange(start, end - length + 1)
                              for start, end in zip(file_starts[:-1], file_starts[1:])])
     if len(starts) == 0:
         raise UserError(f"No file is long enough for a seed of {length} blocks "
                         f"({length / FRAMES_PER_SECOND:g} s).")
-    chosen = rng.choice(starts, size=count, replace=count > len(starts))
-    return np.stack([frames[start : start + length] for start in chosen])
+    return rng.choice(starts, size=count, replace=count > len(starts))
+
+
+def pick_seeds(frames, file_starts, count, rng, length=WINDOW_FRAMES, starts=None):
+    """`count` different random clips of `length` frames, none crossing files (or those that
+    start at `starts`)."""
+    if starts is None:
+        starts = seed_starts(file_starts, count, rng, length)
+    return np.stack([frames[start : start + length] for start in starts])
+
+
+def seed_origin(start, length, cache):
+    """Where a clip of the training music comes from, in words."""
+    file = int(np.searchsorted(cache.file_starts, start, side="right") - 1)
+    second = (start - cache.file_starts[file]) / FRAMES_PER_SECOND
+    return (f"seeded with {length / FRAMES_PER_SECOND:g} s of {cache.file_names[file]} from "
+            f"{second // 60:.0f}:{second % 60:04.1f}")
 
 
 def seed_frames(ending, kind, count=WINDOW_FRAMES):
@@ -3156,6 +3173,8 @@ def structure_of(second_means):
     averaged over the seconds, at the lag where it is highest (a phrase repeats at its own
     length, and anti-correlates half-way). A piece that repeats phrases or a chord sequence
     scores high; a wander that never comes back, or noise, near 0."""
+    if len(second_means) <= min(STRUCTURE_LAGS):
+        return math.nan  # too short to come back to anything
     centred = second_means - second_means.mean(axis=0)
     norms = np.maximum(np.linalg.norm(centred, axis=1), 1e-9)
     values = [float(np.mean(np.einsum("ij,ij->i", centred[:-lag], centred[lag:])
@@ -3408,7 +3427,8 @@ def report_piece(path, reference, skip_seconds, copied):
 
     say(f"  {path}: {figures['seconds']:.2f} s | level {figures['first_second_db']:.1f} -> "
         f"{figures['last_second_db']:.1f} dB | clicks {figures['clicks']:.2f} | "
-        f"distance {figures['spectral_distance']:.1f} | movement {figures['movement']:.2f} | "
+        f"distance {figures['spectral_distance']:.1f} | movement "
+        f"{shown(figures['movement'], '.2f')} | "
         f"pitch clarity {100 * figures['pitch_clarity']:.0f}% | "
         f"{figures['onsets_per_s']:.1f} notes/s | structure {shown(figures['structure'], '.2f')} "
         f"(music {shown(figures['music_structure'], '.2f')}) | pulse "
@@ -3463,9 +3483,10 @@ def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds
     return synthesis, paths
 
 
-def compose(model, cache, config, mean, std, rng, seeds=None):
-    """Write the pieces: seeded from --seed-wav files (a SeedWavs) when given, else from the
-    training music."""
+def compose(model, cache, config, mean, std, rng, seeds=None, metadata=None):
+    """Write the pieces, their reports and pictures, and the run's listening page (returned):
+    seeded from --seed-wav files (a SeedWavs) when given, else from the training music.
+    metadata: the checkpoint's, for the page."""
     music, endings = None, None
     if seeds is not None:
         raw_seeds, prefixes, endings = seeds.frames, seeds.prefixes, seeds.endings
@@ -3474,11 +3495,15 @@ def compose(model, cache, config, mean, std, rng, seeds=None):
         say(f"Continuing {len(prefixes)} piece(s) of your own for {config.seconds} s each; every "
             f"file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed"
             + (", whose own recording joins the music its grains choose from." if music else "."))
+        origins = [f"continues {name}; the first {SEED_PREFIX_SECONDS:g} s are its end"
+                   for name in seeds.names]
     else:
         length = seed_length(cache, config)
+        starts = seed_starts(cache.file_starts, config.num_pieces, rng, length)
         raw_seeds, prefixes = denormalise(pick_seeds(cache.frames, cache.file_starts,
-                                                     config.num_pieces, rng, length),
+                                                     config.num_pieces, rng, length, starts),
                                           cache.mean, cache.std), None
+        origins = [seed_origin(start, length, cache) for start in starts]
         say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
             f"{length / FRAMES_PER_SECOND:g} s clips of the training music, sounded as "
             f"{config.synthesis}...")
@@ -3494,10 +3519,15 @@ def compose(model, cache, config, mean, std, rng, seeds=None):
         extras = [{**extra, **seed_figures(read_wav(path)[0][int(skip * SAMPLE_RATE):], audio,
                                            cache)}
                   for extra, path, skip, audio in zip(extras, paths, seed_ends, seeds.audios)]
-    report_quality(paths, cache.reference, seed_ends, extras)
+    reports = report_quality(paths, cache.reference, seed_ends, extras)
     if config.plots:
         for path, seed_end in zip(paths, seed_ends):
             say(f"Spectrogram: {plot_spectrogram(path, path.with_suffix('.png'), seed_end)}")
+    page = write_listening_page(config, cache, metadata, [
+        Piece(path, report, origin, seed_end)
+        for path, report, origin, seed_end in zip(paths, reports, origins, seed_ends)])
+    say(f"Listen: {page}")
+    return page
 
 
 # -----------------------------------------------------------------------------
@@ -3578,6 +3608,206 @@ def plot_spectrogram(wav_path, png_path, seed_end_seconds):
     figure.colorbar(image, ax=axes, label="power (dB)")
     figure.tight_layout()
     return save_figure(figure, png_path)
+
+
+# -----------------------------------------------------------------------------
+# The listening page: one HTML file per generation run, beside its pieces, to listen and look
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """What the page shows of one piece."""
+
+    path: Path  # its WAV
+    report: dict  # its figures, as in its JSON report
+    origin: str  # where its seed came from, in words
+    seed_end: float  # seconds of the user's own file at its start (0 without --seed-wav)
+
+
+# Each figure the page shows: (its key in the report, its name, the music's key or None, its
+# format, what it means, when it is far from the music's: a test of (value, music's value)).
+PAGE_FIGURES = [
+    ("first_second_db", "level, first second", "music_db", ".1f", " dB",
+     "RMS level of the first second", lambda value, music: abs(value - music) > 6),
+    ("last_second_db", "level, last second", "music_db", ".1f", " dB",
+     "RMS level of the last second", lambda value, music: abs(value - music) > 6),
+    ("clicks", "clicks", None, ".2f", "",
+     "jumps at the 0.25 s joins over the jumps beside them: 1.0 means none",
+     lambda value, music: value > 1.2),
+    ("spectral_distance", "spectral distance", None, ",.0f", "",
+     "how far the piece's sound is from the music's (Fréchet distance of log-mel spectra): "
+     "lower is closer", None),
+    ("movement", "movement", None, ".2f", "",
+     "how much the sound changes, over the music's: about 1 for music, near 0 for a held chord",
+     lambda value, music: not 0.7 <= value <= 1.4),
+    ("pitch_clarity", "pitch clarity", "music_pitch_clarity", ".0%", "",
+     "share of the time with a clear pitch", lambda value, music: value < 0.9 * music),
+    ("onsets_per_s", "notes per second", "music_onsets_per_s", ".1f", "",
+     "notes starting per second", lambda value, music: not 0.7 * music <= value <= 1.4 * music),
+    ("structure", "structure", "music_structure", ".2f", "",
+     "how the piece comes back to what it played 2 to 8 s before", None),
+    ("pulse", "pulse", "music_pulse", ".2f", "",
+     "how strongly it beats: near 0 without a beat", lambda value, music: value < 0.8 * music),
+    ("tempo_kept", "tempo kept", "music_tempo_kept", ".0%", "",
+     "share of its 6-s windows that keep one tempo", lambda value, music: value < 0.8 * music),
+    ("longest_verbatim_s", "longest verbatim", None, ".2f", " s",
+     "the longest stretch of your music played back as recorded", None),
+    ("verbatim_2s_share", "in verbatim stretches of 2 s or more", None, ".0%", "",
+     "share of the piece's time", None),
+    ("seed_key", "follows its seed: key", "music_seed_key", ".2f", "",
+     "cosine of its pitch classes with its seed's (the music's beside)", None),
+    ("seed_timbre", "follows its seed: timbre", None, ".2f", "",
+     "above 0 when its sound leans from the music's towards its seed's", None),
+]
+PAGE_STYLE = """body { font-family: sans-serif; max-width: 60em; margin: 1em auto; padding: 0 1em; }
+section { border-top: 1px solid #ccc; margin-top: 1.5em; }
+img { max-width: 100%; height: auto; }
+table { border-collapse: collapse; } td, th { padding: 0.2em 0.6em; text-align: left; }
+tr.far td { background: #fde4c8; } .mark { color: #b35900; font-weight: bold; }
+code { background: #f3f3f3; padding: 0 0.2em; }"""
+EXCERPT_SECONDS = 6.0  # of the training music, on the page, to compare by ear
+
+
+def missing(value):  # a figure a piece is too short for: null in the JSON, nan in memory
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def shown_figure(value, spec, unit):
+    return "too short" if missing(value) else format(value, spec) + unit
+
+
+def figure_rows(report):
+    """The page's table rows of one report: each figure beside the music's, marked when far."""
+    rows = []
+    for key, name, music_key, spec, unit, meaning, far in PAGE_FIGURES:
+        if key not in report:
+            continue
+        value, music = report[key], report.get(music_key) if music_key else None
+        is_far = (far is not None and not missing(value)
+                  and (music_key is None or not missing(music)) and far(value, music))
+        mark = ' <span class="mark">far from the music</span>' if is_far else ""
+        rows.append(f'<tr class="{"far" if is_far else "near"}"><td>{html.escape(name)}{mark}</td>'
+                    f'<td data-key="{key}">{shown_figure(value, spec, unit)}</td>'
+                    f'<td>{"" if music_key is None else shown_figure(music, spec, unit)}</td>'
+                    f"<td>{html.escape(meaning)}</td></tr>")
+    return rows
+
+
+def relative_link(path, page):
+    return html.escape(Path(os.path.relpath(Path(path).resolve(), page.resolve().parent))
+                       .as_posix(), quote=True)
+
+
+def piece_section(piece, page, config):
+    seed = (f" The first {piece.seed_end:g} s are your own file; the continuation starts at "
+            f"0:{piece.seed_end:02.0f}, where the spectrogram's dashed line is."
+            if piece.seed_end else "")
+    picture = piece.path.with_suffix(".png")
+    return "\n".join([
+        f'<section id="{html.escape(piece.path.stem, quote=True)}">',
+        f"<h3>{html.escape(piece.path.name)}</h3>",
+        f"<p>{html.escape(piece.origin)}; {piece.report['seconds']:g} s of new music, sounded "
+        f"as {config.synthesis}.{html.escape(seed)}</p>",
+        f'<p><audio controls="controls" preload="metadata" '
+        f'src="{relative_link(piece.path, page)}"></audio></p>',
+        f'<p><img src="{relative_link(picture, page)}" alt="spectrogram of '
+        f'{html.escape(piece.path.name, quote=True)}" /></p>' if picture.exists() else "",
+        "<table><tr><th>figure</th><th>this piece</th><th>the music</th><th>what it means</th>"
+        "</tr>", *figure_rows(piece.report), "</table>", "</section>"])
+
+
+def page_html(config, cache, metadata, pieces, page, excerpt):
+    """The whole page, well-formed XHTML: nothing from the network, the pieces, their pictures
+    and the excerpt by relative paths (the page's own folder), the loss curve inside it."""
+    import base64
+    import shlex
+
+    seconds = (len(cache.frames)) / FRAMES_PER_SECOND
+    loss = config.cache_dir / "loss.png"
+    model = (f"-n {metadata['hidden_neurons']} -l {metadata['hidden_layers']}, trained for "
+             f"{metadata['epochs_done']} epoch(s), from <code>"
+             f"{html.escape(str(config.cache_dir / CHECKPOINT_NAME))}</code>"
+             if metadata else "")
+    names = ", ".join(cache.file_names[:12]) + (f" and {len(cache.file_names) - 12} more"
+                                                 if len(cache.file_names) > 12 else "")
+    return "\n".join([
+        '<?xml version="1.0" encoding="utf-8"?>', "<!DOCTYPE html>",
+        '<html xmlns="http://www.w3.org/1999/xhtml" lang="en"><head>',
+        '<meta charset="utf-8" />',
+        f"<title>music-composer: {html.escape(page.stem)}</title>",
+        f"<style>{PAGE_STYLE}</style></head><body>",
+        f"<h1>{len(pieces)} piece(s) by music-composer</h1>",
+        f"<p>Made by <code>{html.escape(shlex.join(['python3', *sys.argv]))}</code> on "
+        f"{time.strftime('%Y-%m-%d %H:%M')}.</p>",
+        "<h2>The run</h2><ul>",
+        f"<li>The model: {model}.</li>" if model else "",
+        f"<li>The training music: {len(cache.file_names)} file(s), {seconds / 60:.1f} min "
+        f"({html.escape(names)}); level {cache.reference.rms_db:.1f} dB.</li>",
+        f"<li>Sounded as {config.synthesis}, temperature {config.temperature:g}"
+        + (f", at most {config.copy_limit:g} s of your music verbatim"
+           if config.synthesis == "grains" else "") + ".</li></ul>",
+        f'<p>A few seconds of the training music, to compare by ear: <audio controls="controls" '
+        f'preload="metadata" src="{relative_link(excerpt, page)}"></audio></p>'
+        if excerpt else "",
+        f'<p><img src="data:image/png;base64,{base64.b64encode(loss.read_bytes()).decode()}" '
+        f'alt="the loss curve" /></p>' if loss.exists() else "",  # in the page: -t is elsewhere
+        "<h2>The pieces</h2>",
+        "<p>Each figure is measured on the new music only, beside the training music's; a "
+        "figure far from the music's is marked.</p>",
+        *(piece_section(piece, page, config) for piece in pieces), "</body></html>", ""])
+
+
+def page_paths(output_name):
+    """NAME.html and NAME-music.wav (its excerpt of the training music), or the next free
+    NAME-run-K pair: an earlier run's page is never overwritten."""
+    index = 1
+    while True:
+        stem = output_name if index == 1 else f"{output_name}-run-{index}"
+        page, excerpt = Path(f"{stem}.html"), Path(f"{stem}-music.wav")
+        if not (os.path.lexists(page) or os.path.lexists(excerpt)):
+            return page, excerpt
+        index += 1
+
+
+def write_excerpt(cache, path):
+    """EXCERPT_SECONDS from the middle of the longest file, from the cache's own copy of the
+    music (the music folder is never read for it); None without one."""
+    if cache.audio is None:
+        return None
+    file = int(np.argmax(np.diff(cache.file_starts)))
+    frames = int(cache.file_starts[file + 1] - cache.file_starts[file])
+    count = min(int(EXCERPT_SECONDS * SAMPLE_RATE), frames * BLOCK_SIZE)
+    middle = (cache.file_starts[file] + file + frames // 2) * BLOCK_SIZE
+    start = max((cache.file_starts[file] + file) * BLOCK_SIZE, middle - count // 2)
+    writer = WavWriters([path])
+    try:
+        writer.write(read_span(cache.audio, start, count)[None].astype(np.float32) / 32768)
+        return writer.finish()[0]
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def write_listening_page(config, cache, metadata, pieces):
+    """The run's page, written atomically beside its pieces; returns its path."""
+    page, excerpt = page_paths(config.output_name)
+    excerpt = write_excerpt(cache, excerpt)
+    temporary = page.with_name(f".{page.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(page_html(config, cache, metadata, pieces, page, excerpt))
+            handle.flush()
+            os.fsync(handle.fileno())
+        while True:
+            try:
+                os.link(temporary, page)  # fails rather than overwrite a page made meanwhile
+                break
+            except FileExistsError:
+                page = page_paths(config.output_name)[0]
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_dir(page.parent)
+    return page
 
 
 # -----------------------------------------------------------------------------
@@ -4007,7 +4237,8 @@ def compose_from_folder(config):
                         "and spectrograms", "-o/--output-music-name",
                         output_bytes(config.seconds + 2 * bool(config.seed_wavs),
                                      config.num_pieces)):
-        compose(model, cache, config, mean, std, rng, seeds)
+        page = compose(model, cache, config, mean, std, rng, seeds, metadata)
+    return page
 
 
 def main(argv=None):
