@@ -122,6 +122,7 @@ class Config:
     demo: bool = False  # write and use the built-in demo piece
     size_from_checkpoint: bool = False  # neither -n nor -l given: a checkpoint's size is used
     save_every_minutes: float = SAVE_EVERY_MINUTES  # mid-epoch checkpoints; 0: at epoch ends only
+    postfilter: bool = True  # sharpen predicted spectra before sounding them (spectra only)
 
 
 # The settings of a plain run, and of --demo (smaller, so it finishes in minutes on a CPU).
@@ -662,6 +663,7 @@ class PhaseRebuilder:
         # A bin-centred wave turns by pi * bin over one block (half a window): +1 or -1.
         self.advance = np.where(np.arange(num_bins) % 2 == 0, 1, -1).astype(np.float32)
         self.iterations = iterations
+        self.postfilter = None  # a Postfilter for what is sounded, once set
 
     def prime(self, frames):
         """Warm up on a seed's frames (pieces, seed_frames, features); their audio is dropped."""
@@ -681,6 +683,8 @@ class PhaseRebuilder:
         from scipy import fft
 
         window = sqrt_hann()
+        if self.postfilter is not None:
+            frames = self.postfilter(frames)
         magnitude = np.maximum(np.exp(frames) - MAGNITUDE_FLOOR, 0.0).astype(np.float32)
         phase = self.phase * self.advance
         for _ in range(self.iterations):
@@ -695,6 +699,65 @@ class PhaseRebuilder:
     def steer(self, predict_next, music_frames):
         """The predictions it sounds stay within the music's levels (within_music_levels)."""
         return within_music_levels(predict_next, music_frames)
+
+
+POSTFILTER_SMOOTHING_BINS = 31  # 62 Hz: the width of the spectral envelope a frame's detail
+# (its partials and the gaps between them) is measured around
+POSTFILTER_BANDS = 24  # log-spaced bands from 50 Hz, each with its own variance of detail
+POSTFILTER_MAX_GAIN = 3.0  # at most this much sharper
+
+
+class Postfilter:
+    """Gives a predicted log-magnitude frame back the detail that averaging took away, before
+    its phase is rebuilt (global-variance compensation, Toda and Tokuda 2007, per frame and
+    band): in each band, the frame's deviation from its own 62 Hz-wide spectral envelope is
+    scaled so that its variance reaches the music's typical variance there (never less sharp,
+    at most POSTFILTER_MAX_GAIN times), then the frame is moved back to its own level. A real
+    frame of the music has about the music's variance and changes little; a blurred one gets
+    its peaks back. Never applied to what is fed back to the network."""
+
+    def __init__(self, music_variances):
+        self.music_variances = music_variances  # (POSTFILTER_BANDS,)
+
+    @staticmethod
+    def band_edges(num_bins=WINDOW_SIZE // 2 + 1):
+        low = 50.0 * WINDOW_SIZE / SAMPLE_RATE  # the bin of 50 Hz
+        return np.unique(np.geomspace(low, num_bins, POSTFILTER_BANDS + 1).astype(int))
+
+    @classmethod
+    def detail(cls, frames):  # (n, bins) log-magnitudes -> (n, bins) less their envelope
+        from scipy.ndimage import uniform_filter1d
+
+        return frames - uniform_filter1d(frames, POSTFILTER_SMOOTHING_BINS, axis=-1,
+                                         mode="nearest")
+
+    @classmethod
+    def band_variances(cls, detail):  # (n, bins) -> (n, bands)
+        edges = cls.band_edges(detail.shape[-1])
+        sums = np.add.reduceat(detail[:, edges[0]:] ** 2, edges[:-1] - edges[0], axis=-1)
+        return sums[:, : len(edges) - 1] / np.diff(edges)
+
+    @classmethod
+    def from_music(cls, frames):
+        """From real frames of the music, raw log-magnitudes: each band's median variance."""
+        return cls(np.median(cls.band_variances(cls.detail(np.asarray(frames, np.float32))),
+                             axis=0))
+
+    def __call__(self, frames):  # (pieces, bins) log-magnitudes -> the same, sharpened
+        frames = np.asarray(frames, np.float32)
+        detail = self.detail(frames)
+        gains = np.sqrt(self.music_variances / np.maximum(self.band_variances(detail), 1e-12))
+        gains = np.clip(gains, 1.0, POSTFILTER_MAX_GAIN)
+        edges = self.band_edges(frames.shape[-1])
+        per_bin = np.ones_like(frames)
+        per_bin[:, edges[0]:edges[-1]] = np.repeat(gains, np.diff(edges), axis=-1)
+        sharpened = frames + (per_bin - 1) * detail
+        return sharpened + 0.5 * (frame_level(frames) - frame_level(sharpened))[:, None]
+
+
+def frame_level(frames):  # (n, bins) log-magnitudes -> (n,) log of the power, as magnitudes go
+    peak = frames.max(axis=-1, keepdims=True)
+    return (2 * peak[:, 0] + np.log(np.sum(np.exp(2 * (frames - peak)), axis=-1)))
 
 
 class RealFrames:
@@ -3478,6 +3541,9 @@ def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds
             predict_next = head.sampling(predict_next, folded_errors(errors, fold),
                                          config.temperature, rng)
         predict_next = synthesis.steer(predict_next, music_frames)
+        spectra = getattr(synthesis, "synthesis", synthesis)  # (inside WithNearestFrames)
+        if config.postfilter and isinstance(spectra, PhaseRebuilder):
+            spectra.postfilter = Postfilter.from_music(denormalise(music_frames, mean, std))
         paths = write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, seconds,
                              paths, synthesis, prefixes, ctrl_c)
     return synthesis, paths
@@ -4078,6 +4144,9 @@ def make_parser():
                             help=f"with grains, the longest stretch of your music played back "
                                  f"verbatim, in seconds, at least 0.25 (default: "
                                  f"{COPY_LIMIT_SECONDS:g})")
+    generation.add_argument("--no-postfilter", action="store_true",
+                            help="with --synthesis spectra, sound the predicted spectra as they "
+                                 "are, without giving them back the detail of the music's")
     generation.add_argument("--frames", choices=list(FRAME_KINDS),
                             help="how audio becomes frames: " + described(FRAME_KINDS))
     watching = parser.add_argument_group("watching a long run")
@@ -4136,7 +4205,7 @@ def config_from_args(args, parser):
                   demo=args.demo, size_from_checkpoint=args.hidden_layer_neurons is None
                   and args.hidden_layer_count is None,
                   save_every_minutes=SAVE_EVERY_MINUTES if args.save_every_minutes is None
-                  else args.save_every_minutes)
+                  else args.save_every_minutes, postfilter=not args.no_postfilter)
 
 
 def print_settings(config):
