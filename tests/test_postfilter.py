@@ -43,7 +43,7 @@ def test_a_real_frame_changes_little_and_keeps_its_level(mc, music_frames):
     np.testing.assert_allclose(postfilter(flat), flat, atol=1e-5)
 
 
-def test_spectra_are_postfiltered_unless_asked_not_to(tmp_path):
+def test_spectra_are_postfiltered_when_asked(tmp_path):
     music = tmp_path / "music"
     music.mkdir()
     write_int16(music / "a.wav", melody(12.0, seed=8))
@@ -51,10 +51,10 @@ def test_spectra_are_postfiltered_unless_asked_not_to(tmp_path):
               "--synthesis", "spectra", "--random-seed", "2", "--no-plots"]
     first = run_cli(*common, "-e", "1", "-o", tmp_path / "with", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    plain = run_cli(*common, "-e", "0", "--no-postfilter", "-o", tmp_path / "without",
+    plain = run_cli(*common, "-e", "0", "-o", tmp_path / "without",
                     cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
-    again = run_cli(*common, "-e", "0", "-o", tmp_path / "again", cwd=tmp_path)
+    again = run_cli(*common, "-e", "0", "--postfilter", "-o", tmp_path / "again", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     pieces = [(tmp_path / f"{name}-0.wav").read_bytes() for name in ("with", "without", "again")]
     assert pieces[1] != pieces[2]  # the same model and seed: only the postfilter differs
