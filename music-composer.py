@@ -124,6 +124,7 @@ class Config:
     save_every_minutes: float = SAVE_EVERY_MINUTES  # mid-epoch checkpoints; 0: at epoch ends only
     postfilter: bool = False  # sharpen predicted spectra before sounding them (spectra only);
     # off by default: on the quality sets it changed no figure beyond noise (README)
+    precision: str = "auto"  # of training: a key of PRECISIONS, or auto (training_precision)
 
 
 # The settings of a plain run, and of --demo (smaller, so it finishes in minutes on a CPU).
@@ -1894,6 +1895,84 @@ def build_model(num_features, hidden_neurons, hidden_layers, head=None):
     return use_fastest_lstm_kernel(model, gpu_available())
 
 
+# Precision of training. Mixed precision keeps the weights, Adam's state, the sums and the
+# LSTM's gates and carry in float32 and takes the matrix products, nearly all the arithmetic,
+# in 16 bits where the hardware multiplies them natively: bfloat16 on a CPU with AVX512-BF16 or
+# AMX, float16 with loss scaling (its range is narrow) on a GPU with tensor cores. Checkpoints
+# hold float32 weights either way, so a model trained one way resumes and generates the other.
+
+PRECISIONS = {"float32": "float32 throughout",
+              "bfloat16": "mixed bfloat16: matrix products in bfloat16; weights, Adam, sums and "
+                          "the LSTM gates in float32",
+              "float16": "mixed float16: matrix products in float16 with loss scaling; weights "
+                         "and Adam in float32"}
+KERAS_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def multiplies_bfloat16_natively(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX-BF16), with
+    which oneDNN multiplies bfloat16 matrices at twice float32's speed rather than emulating."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def gpu_compute_capability():
+    """The first GPU's CUDA compute capability (major, minor), or None without a GPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    return tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+
+
+def training_precision(requested="auto", capability=None, native_bfloat16=None):
+    """(precision, why): the one asked for, or by the hardware. A CPU with native bfloat16
+    products trains in mixed bfloat16 (measured 1.x times float32's frames a second at the
+    default size, see the README). A GPU with tensor cores (compute capability 7.0 or more)
+    trains in mixed float16: cuDNN's LSTM kernel takes float16, and float16 has tensor cores on
+    every such card. Anything else trains in float32."""
+    if requested != "auto":
+        return requested, "asked for with --precision"
+    if capability is not None:
+        if tuple(capability) >= (7, 0):
+            return "float16", (f"this GPU has float16 tensor cores (compute capability "
+                               f"{capability[0]}.{capability[1]})")
+        return "float32", "this GPU has no float16 tensor cores"
+    if multiplies_bfloat16_natively() if native_bfloat16 is None else native_bfloat16:
+        return "bfloat16", "this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX)"
+    return "float32", "this CPU has no native bfloat16 products"
+
+
+def use_precision(model, precision):
+    """Train `model` in `precision` (a key of PRECISIONS): the Dense layers take Keras's mixed
+    policy; the LSTM layers multiply in it inside unrolled_lstm_loop on a CPU, or take the
+    policy too on a GPU (cuDNN) for float16; float16 wraps Adam in Keras's loss scaling (and
+    anything else unwraps it). Only how the model computes changes: its variables stay float32.
+    Call use_fastest_lstm_kernel after it."""
+    keras = import_keras()
+    policy = KERAS_POLICIES[precision]
+    for layer in model.layers:
+        if layer.name.startswith("project_"):
+            layer.dtype_policy = policy
+        elif layer.name.startswith("lstm_"):  # cuDNN takes float16, not bfloat16
+            layer.dtype_policy = layer.cell.dtype_policy = \
+                policy if precision == "float16" else "float32"
+            layer.products_dtype = precision  # for unrolled_lstm_loop
+    scaling = keras.optimizers.LossScaleOptimizer
+    if precision == "float16" and not isinstance(model.optimizer, scaling):
+        model.optimizer = scaling(model.optimizer)
+    elif precision != "float16" and isinstance(model.optimizer, scaling):
+        model.optimizer = model.optimizer.inner_optimizer
+    model.train_function = model.test_function = model.predict_function = None  # retraced
+    return model
+
+
 UNROLL_UP_TO = 32  # frames: longer training sequences run the LSTMs in a loop on a CPU
 
 
@@ -1914,29 +1993,89 @@ def use_fastest_lstm_kernel(model, on_gpu, length=WINDOW_FRAMES):
 
 
 def unrolled_lstm_loop(layer):
-    """An LSTM layer's inner loop (LSTM.inner_loop's contract) for a CPU, unrolled, with every
-    step's input product x K + b taken in one matrix product over the whole sequence before
-    the steps, so that only h R is left to each step. At the default size that moves a third
-    of a training step's arithmetic from 32 products of 10 rows to one of 320, which a CPU
-    runs near its peak; the gradients of K follow suit. The cell's arithmetic is Keras's
-    LSTMCell's (implementation 2), as in compile_step."""
-    from keras import ops
+    """An LSTM layer's inner loop (LSTM.inner_loop's contract) for a CPU: lstm_sequence, with
+    the layer's weights. Every step's input product x K + b is taken in one matrix product over
+    the whole sequence before the steps, so that only h R is left to each step; the backward
+    pass does the same for the gradients (see lstm_sequence). The matrix products are taken in
+    the layer's products_dtype (set by use_precision); the gates and the carry in float32."""
+    import tensorflow as tf
 
     cell = layer.cell
+    if (cell.activation.__name__, cell.recurrent_activation.__name__) != ("tanh", "sigmoid"):
+        raise ValueError("unrolled_lstm_loop: tanh and sigmoid activations only")
 
     def inner_loop(sequences, initial_state, mask=None, training=False):
         if mask is not None or layer.go_backwards or (training and layer.dropout):
             raise ValueError("unrolled_lstm_loop: no masks, dropout or backward layers")
-        projected = ops.add(ops.matmul(sequences, cell.kernel), cell.bias)
-        h, c = initial_state
-        outputs = []
-        for t in range(sequences.shape[1]):
-            h, c = lstm_gates(cell, ops.add(projected[:, t], ops.matmul(h, cell.recurrent_kernel)),
-                              c)
-            outputs.append(h)
-        return h, ops.stack(outputs, axis=1), [h, c]
+        h, c = (tf.cast(state, tf.float32) for state in initial_state)
+        weights = [tf.cast(weight.value, tf.float32)  # read here: lstm_sequence takes tensors
+                   for weight in (cell.kernel, cell.recurrent_kernel, cell.bias)]
+        outputs, h, c = lstm_sequence(tf.cast(sequences, tf.float32), h, c, *weights,
+                                      getattr(layer, "products_dtype", "float32"))
+        return h, outputs, [h, c]
 
     return inner_loop
+
+
+def lstm_sequence(x, h, c, kernel, recurrent, bias, dtype="float32"):
+    """Keras's LSTM (LSTMCell, implementation 2: z = x K + h R + b, gates i, f, c, o, tanh and
+    sigmoid) over a whole sequence x (batch, time, inputs) from states h, c, unrolled, with its
+    backward pass written out: (outputs (batch, time, units), last h, last c).
+
+    Automatic differentiation of the unrolled steps adds each step's h^T dz to dR as it goes:
+    at the default size, 32 rank-10 updates of a 16 MB matrix per layer, bound by memory and
+    half of a training step on a CPU. Here the steps only carry dh back through R; dR, dK and
+    db are each one matrix product over the whole sequence afterwards. The matrix products run
+    in `dtype` (float32, or bfloat16 for mixed precision); everything else in float32."""
+    import tensorflow as tf
+
+    dtype = tf.as_dtype(dtype)
+    cast = (lambda t: t) if dtype == tf.float32 else (lambda t: tf.cast(t, dtype))
+
+    def product(a, b, **transposes):  # float32 in and out, multiplied in `dtype`
+        return tf.cast(tf.matmul(cast(a), cast(b), **transposes), tf.float32)
+
+    @tf.custom_gradient
+    def sequence(x, h, c, kernel, recurrent, bias):
+        batch, time = tf.shape(x)[0], x.shape[1]
+        flat_x = tf.reshape(x, [batch * time, -1])
+        projected = tf.reshape(product(flat_x, kernel) + bias, [batch, time, -1])
+        recurrent_cast = cast(recurrent)
+        saved, hs = [], [h]  # hs: the states before each step, then the last
+        for t in range(time):
+            z = projected[:, t] + tf.cast(tf.matmul(cast(h), recurrent_cast), tf.float32)
+            z_i, z_f, z_c, z_o = tf.split(z, 4, axis=-1)
+            i, f, g, o = tf.sigmoid(z_i), tf.sigmoid(z_f), tf.tanh(z_c), tf.sigmoid(z_o)
+            c_before, c = c, f * c + i * g
+            tanh_c = tf.tanh(c)
+            h = o * tanh_c
+            saved.append((i, f, g, o, c_before, tanh_c))
+            hs.append(h)
+
+        def gradient(d_outputs, d_h, d_c):
+            d_h = tf.zeros_like(h) if d_h is None else d_h
+            d_c = tf.zeros_like(c) if d_c is None else d_c
+            d_zs = [None] * time
+            for t in reversed(range(time)):
+                i, f, g, o, c_before, tanh_c = saved[t]
+                d_h = d_h + d_outputs[:, t]
+                d_c = d_c + d_h * o * (1.0 - tanh_c * tanh_c)
+                d_zs[t] = tf.concat([d_c * g * i * (1.0 - i), d_c * c_before * f * (1.0 - f),
+                                     d_c * i * (1.0 - g * g), d_h * tanh_c * o * (1.0 - o)],
+                                    axis=-1)
+                d_c = d_c * f
+                d_h = tf.cast(tf.matmul(cast(d_zs[t]), recurrent_cast, transpose_b=True),
+                              tf.float32)
+            d_z = tf.reshape(tf.stack(d_zs, axis=1), [batch * time, -1])
+            d_x = tf.reshape(product(d_z, kernel, transpose_b=True), tf.shape(x))
+            d_kernel = product(flat_x, d_z, transpose_a=True)
+            d_recurrent = product(tf.reshape(tf.stack(hs[:-1], axis=1), [batch * time, -1]),
+                                  d_z, transpose_a=True)
+            return d_x, d_h, d_c, d_kernel, d_recurrent, tf.reduce_sum(d_z, axis=0)
+
+        return (tf.stack(hs[1:], axis=1), h, c), gradient
+
+    return sequence(x, h, c, kernel, recurrent, bias)
 
 
 def lstm_gates(cell, z, c):
@@ -2035,7 +2174,8 @@ def save_checkpoint(path, model, metadata, mean, std):
     with disk_space_for(path.parent, f"the checkpoint {path.name}", "-t/--traindata-folder-path",
                         12 * model.count_params()), contextlib.ExitStack() as cleanup:
         cleanup.callback(lambda: temporary.unlink(missing_ok=True))
-        model.save(temporary)
+        with adam_alone(model):
+            model.save(temporary)
         with zipfile.ZipFile(temporary, "a") as archive:
             archive.writestr(CHECKPOINT_METADATA, json.dumps(metadata, indent=1))
             for name, array in [("mean.npy", mean), ("std.npy", std)]:
@@ -2048,6 +2188,23 @@ def save_checkpoint(path, model, metadata, mean, std):
         fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def adam_alone(model):
+    """While saving, the model's optimizer is Adam itself, not float16's loss scaling around
+    it: a checkpoint holds the same state whatever the precision, so it resumes in any (the
+    loss scale starts again from Keras's default and adapts within a few steps)."""
+    wrapper = model.optimizer
+    inner = getattr(wrapper, "inner_optimizer", None)
+    if inner is None:
+        yield
+        return
+    model.optimizer = inner
+    try:
+        yield
+    finally:
+        model.optimizer = wrapper
+
+
 def load_checkpoint_model(path):
     """The Keras model of a checkpoint; safe mode, so no code stored in a model file runs."""
     keras = import_keras()
@@ -2056,7 +2213,7 @@ def load_checkpoint_model(path):
     except Exception as error:  # Keras raises many kinds for a damaged file
         raise UserError(f"Could not load the model in {path} ({type(error).__name__}: {error}). "
                         f"Move it away to start a new model; it was left untouched.") from None
-    return use_fastest_lstm_kernel(model, gpu_available())
+    return use_fastest_lstm_kernel(use_precision(model, "float32"), gpu_available())
 
 
 # -----------------------------------------------------------------------------
@@ -2281,6 +2438,9 @@ def train(model, cache, metadata, config, rng, replicas=1):
         say(f"The music is too short for training sequences of {config.sequence_seconds:g} s: "
             f"training on sequences of {length / FRAMES_PER_SECOND:g} s.")
     metadata["sequence_frames"] = length
+    precision, why = training_precision(config.precision, gpu_compute_capability())
+    say(f"Training in {PRECISIONS[precision]} ({why}).")
+    use_precision(model, precision)
     use_fastest_lstm_kernel(model, gpu_available(), length)
     batch_size = config.batch_size * replicas
     say(f"Training on {len(train_starts)} sequences of {length / FRAMES_PER_SECOND:g} s, "
@@ -2336,7 +2496,7 @@ def train(model, cache, metadata, config, rng, replicas=1):
     if callback.diverged:
         warn("the loss became NaN; training stopped and the last good checkpoint was kept.")
         return reload_last_checkpoint(model, config.cache_dir)
-    return model
+    return use_precision(model, "float32")  # generation reads the float32 weights itself
 
 
 PREVIEW_SECONDS = 5  # length of a --preview-every piece
@@ -2463,18 +2623,6 @@ def prepare_model(config, cache, checkpoint):
 
 # -----------------------------------------------------------------------------
 # Generation: a step function carries the LSTM states forward one frame at a time
-
-
-def multiplies_bfloat16_natively(cpuinfo="/proc/cpuinfo"):
-    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX-BF16), with
-    which oneDNN multiplies bfloat16 matrices at twice float32's speed rather than emulating."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def generation_dtype(on_gpu):
@@ -4120,6 +4268,11 @@ def make_parser():
                                f"(model-midepoch.keras), so that a run killed or stopped goes on "
                                f"from there; 0: only at the end of each epoch and on Ctrl-C or "
                                f"SIGTERM (default: {SAVE_EVERY_MINUTES:g})")
+    training.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                          help="arithmetic of training: " + described(PRECISIONS) + " (default: "
+                               "auto, mixed where the hardware multiplies 16 bits natively: "
+                               "bfloat16 on a CPU with AVX512-BF16 or AMX, float16 on a GPU "
+                               "with tensor cores; float32 elsewhere)")
     training.add_argument("--random-seed", type=random_seed,
                           help="make initialisation, shuffling and seeds repeatable on a CPU "
                                "(default: none)")
@@ -4206,7 +4359,8 @@ def config_from_args(args, parser):
                   demo=args.demo, size_from_checkpoint=args.hidden_layer_neurons is None
                   and args.hidden_layer_count is None,
                   save_every_minutes=SAVE_EVERY_MINUTES if args.save_every_minutes is None
-                  else args.save_every_minutes, postfilter=args.postfilter)
+                  else args.save_every_minutes, postfilter=args.postfilter,
+                  precision=args.precision)
 
 
 def print_settings(config):
