@@ -122,11 +122,12 @@ def prep_peak_rss_mb(music, work):
                        f"{str(cache)!r})")
 
 
-def matmul_gflops(size=2048, repeats=7):
+def matmul_gflops(size=2048, repeats=7, dtype="float32"):
+    """The matrix-multiply peak in `dtype`, the products a precision of training takes."""
     import tensorflow as tf
 
-    a = tf.random.normal((size, size))
-    b = tf.random.normal((size, size))
+    a = tf.cast(tf.random.normal((size, size)), dtype)
+    b = tf.cast(tf.random.normal((size, size)), dtype)
 
     @tf.function
     def multiply():
@@ -153,35 +154,50 @@ class BatchTimes:
         return statistics.median(np.diff(self.stamps[warm_up:]))
 
 
-def train_throughput(tool, cache, neurons, layers, batch_size, blocks, steps, warm_up=5,
-                     head=None, seconds=None):
-    """Training frames per second and MFU with the tool's own model, batches and fit, for a
-    head (default: the tool's) and training sequences of `seconds` (default: the tool's).
+PRODUCTS_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
-    After warm-up, `blocks` blocks of `steps` steps, each right after a matmul-peak block: the
-    MFU of each block is its own throughput over the peak measured next to it, and the median
-    of those is reported, so that a machine whose speed drifts still gives a fair ratio."""
+
+def train_throughput(tool, cache, neurons, layers, batch_size, blocks, steps, warm_up=5,
+                     head=None, seconds=None, precisions=("float32",)):
+    """Training frames per second and MFU with the tool's own model, batches and fit, for a
+    head (default: the tool's), training sequences of `seconds` (default: the tool's) and each
+    of `precisions` (one model each): {precision: (frames/s, peak GFLOP/s, MFU)}, and the model
+    of the first precision.
+
+    After warm-up, `blocks` rounds; in each, every precision takes `steps` steps right after a
+    matmul-peak block in its own products' dtype. A precision's MFU is its throughput over the
+    peak measured next to it, and medians over the rounds are reported, so that a machine whose
+    speed drifts still gives fair ratios."""
     keras = tool.import_keras()
     head = tool.make_head(head or tool.DEFAULT_HEAD[tool.DEFAULT_FRAMES])
-    model = tool.build_model(tool.NUM_FEATURES, neurons, layers, head)
     length = tool.sequence_length(cache.file_starts, seconds or tool.SEQUENCE_SECONDS)
-    tool.use_fastest_lstm_kernel(model, tool.gpu_available(), length)  # as train() does
     train_starts, _ = tool.split_windows(cache.file_starts, length, tool.training_stride(length))
     batches = tool.make_batches(cache.frames, train_starts, batch_size,
                                 np.random.default_rng(0), shuffle=True, length=length)
-    model.fit(batches, epochs=1, steps_per_epoch=warm_up, verbose=0)
+    models = {}
+    for precision in precisions:  # as train() does
+        model = tool.build_model(tool.NUM_FEATURES, neurons, layers, head)
+        tool.use_precision(model, precision)
+        tool.use_fastest_lstm_kernel(model, tool.gpu_available(), length)
+        model.fit(batches, epochs=1, steps_per_epoch=warm_up, verbose=0)
+        models[precision] = model
     frames_per_step = batch_size * length
-    flops_per_frame = 6 * model.count_params()
-    rates, peaks, utilisations = [], [], []
+    flops_per_frame = 6 * models[precisions[0]].count_params()
+    rounds = {precision: [] for precision in precisions}
     for _ in range(blocks):
-        peaks.append(matmul_gflops())
-        times = BatchTimes(keras)
-        model.fit(batches, epochs=1, steps_per_epoch=steps + 1, verbose=0,
-                  callbacks=[times.callback])
-        rates.append(frames_per_step / times.median_step_seconds(0))
-        utilisations.append(rates[-1] * flops_per_frame / (peaks[-1] * 1e9))
-    return (statistics.median(rates), statistics.median(peaks), statistics.median(utilisations),
-            model)
+        for precision, model in models.items():
+            peak = matmul_gflops(dtype=PRODUCTS_DTYPE[precision])
+            times = BatchTimes(keras)
+            model.fit(batches, epochs=1, steps_per_epoch=steps + 1, verbose=0,
+                      callbacks=[times.callback])
+            rate = frames_per_step / times.median_step_seconds(0)
+            rounds[precision].append((rate, peak, rate * flops_per_frame / (peak * 1e9)))
+    figures = {precision: tuple(statistics.median(column) for column in zip(*measured))
+               for precision, measured in rounds.items()}
+    if len(precisions) > 1:  # each round's ratio, side by side
+        figures["ratio"] = statistics.median(
+            mixed[0] / plain[0] for mixed, plain in zip(*(rounds[p] for p in precisions[:2])))
+    return figures, models[precisions[0]]
 
 
 def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind, way):
@@ -285,6 +301,9 @@ def train_peak_rss_mb(music, work, neurons, layers, batch_size, steps):
             f"head = tool['make_head'](tool['DEFAULT_HEAD'][tool['DEFAULT_FRAMES']]); "
             f"model = tool['build_model'](tool['NUM_FEATURES'], {neurons}, {layers}, head); "
             f"length = tool['sequence_length'](cache.file_starts, tool['SEQUENCE_SECONDS']); "
+            f"tool['use_precision'](model, tool['training_precision']("
+            f"'auto', tool['gpu_compute_capability']())[0]); "
+            f"tool['use_fastest_lstm_kernel'](model, tool['gpu_available'](), length); "
             f"import numpy as np; starts, _ = tool['split_windows'](cache.file_starts, length, "
             f"tool['training_stride'](length)); "
             f"batches = tool['make_batches'](cache.frames, starts, {batch_size}, "
@@ -318,22 +337,42 @@ def measure(sizes, work):
     # The original layout first (1 s windows, a frame predicted by mean squared error), then
     # the default: an epoch holds the same number of target frames with either, so the ratio
     # of their frames per second is the ratio of an epoch's cost.
-    fps_1s, _, mfu_1s, _ = train_throughput(tool, cache, neurons, layers, batch,
-                                            sizes["train_blocks"], sizes["train_steps"],
-                                            head="average", seconds=1.0)
-    fps, gflops, mfu, model = train_throughput(tool, cache, neurons, layers, batch,
-                                               sizes["train_blocks"], sizes["train_steps"])
-    results["matmul_gflops"] = gflops
+    # The precision a run chooses here, then float32 beside it (the same when it is float32).
+    precision, why = tool.training_precision("auto", tool.gpu_compute_capability())
+    print(f"training precision: {precision} ({why})", flush=True)
+    figures, _ = train_throughput(tool, cache, neurons, layers, batch, sizes["train_blocks"],
+                                  sizes["train_steps"], head="average", seconds=1.0,
+                                  precisions=(precision,))
+    fps_1s, _, mfu_1s = figures[precision]
+    figures, model = train_throughput(tool, cache, neurons, layers, batch,
+                                      sizes["train_blocks"], sizes["train_steps"],
+                                      precisions=(precision, "float32")
+                                      if precision != "float32" else ("float32",))
+    fps, gflops, mfu = figures[precision]
+    tool.use_precision(model, "float32")  # as train() leaves it for generation
+    results["matmul_gflops"] = figures.get("float32", figures[precision])[1]
+    results[f"matmul_gflops_{precision}"] = gflops
     results["train_frames_per_s"] = fps
     results["params"] = model.count_params()
     results["train_mfu"] = mfu
+    results["train_frames_per_s_float32"], _, results["train_mfu_float32"] = figures["float32"]
+    results["train_mixed_speedup"] = figures.get("ratio", 1.0)
     results["train_frames_per_s_1s_average"] = fps_1s
     results["train_mfu_1s_average"] = mfu_1s
     results["train_epoch_cost_vs_1s_average"] = fps_1s / fps
-    print(f"training: {fps:.1f} frames/s, MFU {results['train_mfu']:.3f} (matmul peak "
-          f"{results['matmul_gflops']:.0f} GFLOP/s); the original layout (1 s windows, average "
+    length = tool.sequence_length(cache.file_starts, tool.SEQUENCE_SECONDS)
+    epoch_frames = len(tool.split_windows(cache.file_starts, length,
+                                          tool.training_stride(length))[0]) * length
+    results["prep_share_of_epoch"] = (sizes["minutes"] * 60 / results["prep_x_realtime"]) \
+        / (epoch_frames / fps)
+    print(f"training ({precision}): {fps:.1f} frames/s, MFU {mfu:.3f} (its matmul peak "
+          f"{gflops:.0f} GFLOP/s); float32 beside it {results['train_frames_per_s_float32']:.1f} "
+          f"frames/s, MFU {results['train_mfu_float32']:.3f}: "
+          f"{results['train_mixed_speedup']:.2f}x; the original layout (1 s windows, average "
           f"head) {fps_1s:.1f} frames/s, MFU {mfu_1s:.3f}: an epoch costs "
-          f"{results['train_epoch_cost_vs_1s_average']:.2f}x as much now", flush=True)
+          f"{results['train_epoch_cost_vs_1s_average']:.2f}x as much now; preprocessing the "
+          f"music costs {100 * results['prep_share_of_epoch']:.1f} % of one epoch on it",
+          flush=True)
 
     pieces, seconds = sizes["pieces"], sizes["seconds"]
     # Plain, then spectra, then the default. The old "half speed inside the benchmark" was
@@ -373,8 +412,9 @@ DEFAULT_SIZES = {"minutes": 10, "minutes_long": 60, "neurons": 1024, "layers": 4
                  "seconds": 10}
 QUICK_SIZES = {"minutes": 2, "minutes_long": 6, "neurons": 64, "layers": 2, "batch": 10,
                "train_blocks": 2, "train_steps": 3, "rss_steps": 3, "pieces": 4, "seconds": 2}
-TARGETS = {"help_s": ("<", 0.5), "prep_x_realtime": (">=", 1500),
-           "prep_peak_rss_mb_60min": ("<=", 500), "train_mfu": (">=", 0.40),
+TARGETS = {"help_s": ("<", 0.5), "prep_x_realtime": (">=", 400),
+           "prep_peak_rss_mb_60min": ("<=", 500), "train_mfu_float32": (">=", 0.40),
+           "train_mixed_speedup": (">=", 1.6), "prep_share_of_epoch": ("<=", 0.05),
            "train_epoch_cost_vs_1s_average": ("<=", 1.5),
            "gen_x_realtime": (">=", 100), "gen_speedup_vs_refeed": (">=", 10)}
 
@@ -390,7 +430,8 @@ def print_table(results, sizes):
     print(f"{'grains RSS 60 min / 10 min':<28} {ratio:>12.3f}  <= 1.2")
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"sizes: {sizes}")
-    print("train_mfu counts 6 x parameters FLOPs per training frame (forward 2, backward 4).")
+    print("train_mfu counts 6 x parameters FLOPs per training frame (forward 2, backward 4), "
+          "over the matmul peak in the products' dtype (train_mfu_float32: in float32).")
     print("train_*_1s_average: the original layout, 1 s windows and a frame predicted by mean "
           "squared error, measured in the same run.")
 
