@@ -41,6 +41,8 @@ def test_first_run_trains_checkpoints_and_writes_pieces(trained):
     assert "Building the frame cache" in result.stdout
     assert "Device: CPU" in result.stdout
     tool = load_script()
+    expected = "bfloat16" if tool.multiplies_bfloat16_natively() else "float32"
+    assert f"Training in {tool.PRECISIONS[expected]} (this CPU" in result.stdout
     outputs = tool.make_head(tool.DEFAULT_HEAD["magnitude"]).outputs(tool.NUM_FEATURES)
     assert f"Model: {tool.count_parameters(tool.NUM_FEATURES, 8, 1, outputs):,} parameters" \
         in result.stdout
