@@ -1934,9 +1934,9 @@ def gpu_compute_capability():
 def training_precision(requested="auto", capability=None, native_bfloat16=None):
     """(precision, why): the one asked for, or by the hardware. A CPU with native bfloat16
     products trains in mixed bfloat16 (measured 1.72 times float32's frames a second at the
-    default size, side by side; the README's Precision). A GPU with tensor cores (compute capability 7.0 or more)
-    trains in mixed float16: cuDNN's LSTM kernel takes float16, and float16 has tensor cores on
-    every such card. Anything else trains in float32."""
+    default size, side by side; the README's Precision). A GPU with tensor cores (compute
+    capability 7.0 or more) trains in mixed float16: cuDNN's LSTM kernel takes float16, and
+    float16 has tensor cores on every such card. Anything else trains in float32."""
     if requested != "auto":
         return requested, "asked for with --precision"
     if capability is not None:
@@ -1960,7 +1960,7 @@ def use_precision(model, precision):
     for layer in model.layers:
         if layer.name.startswith("project_"):
             layer.dtype_policy = policy
-        elif layer.name.startswith("lstm_"):  # cuDNN takes float16, not bfloat16
+        elif layer.name.startswith("lstm_"):  # cuDNN takes float16 (bfloat16: unverified)
             layer.dtype_policy = layer.cell.dtype_policy = \
                 policy if precision == "float16" else "float32"
             layer.products_dtype = precision  # for unrolled_lstm_loop

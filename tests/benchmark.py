@@ -154,9 +154,6 @@ class BatchTimes:
         return statistics.median(np.diff(self.stamps[warm_up:]))
 
 
-PRODUCTS_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
 def train_throughput(tool, cache, neurons, layers, batch_size, blocks, steps, warm_up=5,
                      head=None, seconds=None, precisions=("float32",)):
     """Training frames per second and MFU with the tool's own model, batches and fit, for a
@@ -186,7 +183,7 @@ def train_throughput(tool, cache, neurons, layers, batch_size, blocks, steps, wa
     rounds = {precision: [] for precision in precisions}
     for _ in range(blocks):
         for precision, model in models.items():
-            peak = matmul_gflops(dtype=PRODUCTS_DTYPE[precision])
+            peak = matmul_gflops(dtype=precision)  # its products' dtype
             times = BatchTimes(keras)
             model.fit(batches, epochs=1, steps_per_epoch=steps + 1, verbose=0,
                       callbacks=[times.callback])
