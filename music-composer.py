@@ -3500,6 +3500,15 @@ def copy_figures(indices, file_starts):
             "verbatim_2s_share": float(long_ones.sum() / stretches.sum())}
 
 
+def seed_share(indices, seed_range):
+    """How much of a continuation sounded its seed's own recording: the share of its chosen
+    frames within the seed's (first, last + 1) frames of the joined music."""
+    indices = np.asarray(indices)
+    first, stop = seed_range
+    share = float(np.mean((indices >= first) & (indices < stop))) if len(indices) else 0.0
+    return {"seed_share": share}
+
+
 def seed_figures(piece, seed, cache):
     """How a continuation follows its seed (both mono float32 audio): seed_key, the cosine of
     their pitch classes (averaged over each), beside music_seed_key, the training music's with
@@ -3650,7 +3659,9 @@ def report_piece(path, reference, skip_seconds, copied):
         f"in stretches of 2 s or more"
         + (f" | follows its seed: key {figures['seed_key']:.2f} (the music's "
            f"{figures['music_seed_key']:.2f}), timbre {figures['seed_timbre']:.2f}"
-           if "seed_key" in figures else ""))
+           if "seed_key" in figures else "")
+        + (f", {100 * figures['seed_share']:.0f}% of it played from the seed's own recording"
+           if "seed_share" in figures else ""))
     return figures
 
 
@@ -3730,6 +3741,9 @@ def compose(model, cache, config, mean, std, rng, seeds=None, metadata=None):
                  for prefix in prefixes or [None] * len(paths)]
     file_starts = (music or (cache,))[0].file_starts
     extras = [copy_figures(indices, file_starts) for indices in synthesis.copy_indices]
+    if music is not None:  # grains continuing --seed-wav files, each one's recording among them
+        extras = [{**extra, **seed_share(indices, seed_range)} for extra, indices, seed_range
+                  in zip(extras, synthesis.copy_indices, music[1])]
     if seeds is not None:
         extras = [{**extra, **seed_figures(read_wav(path)[0][int(skip * SAMPLE_RATE):], audio,
                                            cache)}
@@ -3873,6 +3887,8 @@ PAGE_FIGURES = [
      "cosine of its pitch classes with its seed's (the music's beside)", None),
     ("seed_timbre", "follows its seed: timbre", None, ".2f", "",
      "above 0 when its sound leans from the music's towards its seed's", None),
+    ("seed_share", "played from its seed", None, ".0%", "",
+     "share of its frames taken from the seed file's own recording", None),
 ]
 PAGE_STYLE = """body { font-family: sans-serif; max-width: 60em; margin: 1em auto; padding: 0 1em; }
 section { border-top: 1px solid #ccc; margin-top: 1.5em; }

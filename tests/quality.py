@@ -331,7 +331,8 @@ def continuation_rows(tool, args, train_folder, run_folder, held_out, frames, ra
                        **{key: round(float(np.median([r[key] for r in reports])), 3)
                           for key in ("pulse", "tempo_kept", "onsets_per_s", "longest_verbatim_s",
                                       "first_second_db", "last_second_db", "seed_key",
-                                      "music_seed_key", "seed_timbre") if key in reports[0]}}
+                                      "music_seed_key", "seed_timbre", "seed_share")
+                          if key in reports[0]}}
     return rows
 
 

@@ -95,7 +95,10 @@ def test_seed_wav_continues_music_the_network_never_heard(trained):
         report = json.loads((root / f"cont-{index}.json").read_text())
         assert -1 <= report["seed_key"] <= 1 and -1 <= report["seed_timbre"] <= 1
         assert 0 <= report["music_seed_key"] <= 1
+        # Grains (the default) say how much of the continuation is the seed's own recording.
+        assert 0 <= report["seed_share"] <= 1
     assert "follows its seed: key" in result.stdout
+    assert "played from the seed's own recording" in result.stdout
 
 
 @pytest.mark.parametrize("case", ["too short", "not audio", "missing"])

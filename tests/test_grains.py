@@ -465,6 +465,8 @@ def test_a_piece_plays_its_seed_within_the_guard_and_never_another_piece_s_seed(
         other = ranges[1 - piece]
         chosen = np.array(synthesis.copy_indices[piece])
         assert not ((chosen >= other[0]) & (chosen < other[1])).any()
+        assert mc.seed_share(chosen, other) == {"seed_share": 0.0}
+    assert mc.seed_share([4, 5, 7, 8], (5, 8)) == {"seed_share": 0.5}  # first in, stop out
     # Wanting its own seed played on, a piece plays it for at most the guard's 1 s at a time,
     # and what it plays is the seed's own sound.
     synthesis = mc.make_synthesis("magnitude", 2, "grains", real, 1.0, ranges)
@@ -476,5 +478,6 @@ def test_a_piece_plays_its_seed_within_the_guard_and_never_another_piece_s_seed(
         synthesis.push(None)
     for piece, (first, stop) in enumerate(ranges):
         chosen = np.array(synthesis.copy_indices[piece])
-        assert ((chosen >= first) & (chosen < stop)).mean() > 0.5
+        share = mc.seed_share(chosen, (first, stop))["seed_share"]
+        assert share == ((chosen >= first) & (chosen < stop)).mean() > 0.5
         assert mc.verbatim_stretches(chosen, music.file_starts).max() <= 4
