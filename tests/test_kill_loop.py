@@ -6,7 +6,7 @@ every WAV under a final name is whole, and the next run completes. CI runs this 
 `python3 -m pytest -m kill_loop -s` runs it alone and prints where the kills landed.
 Three quarters of the kills come at random delays over a whole run; the other quarter at
 random moments of preprocessing, which is too short here to hit by timing alone. It goes on
-until 20 kills have landed inside a run.
+until MID_RUN_KILLS (8) kills have landed inside a run, in every phase.
 """
 
 import os
@@ -21,7 +21,7 @@ from scipy.io import wavfile
 
 from conftest import SCRIPT, melody, write_int16
 
-MID_RUN_KILLS = 10  # each costs a killed run and a whole one after it: ~16 s on 2 cores
+MID_RUN_KILLS = 8  # each costs a killed run and a whole one after it: ~16 s on 2 cores
 MAX_ATTEMPTS = 24
 TINY = ["-n", "16", "-l", "2", "-b", "2", "-e", "2", "-g", "2", "-s", "2",
         "--save-every-minutes", "0.0001"]  # a mid-epoch checkpoint after every batch
