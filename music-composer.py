@@ -27,6 +27,7 @@ Continue a piece of your own that the network has never heard:
 """
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -665,7 +666,7 @@ class PhaseRebuilder:
         # A bin-centred wave turns by pi * bin over one block (half a window): +1 or -1.
         self.advance = np.where(np.arange(num_bins) % 2 == 0, 1, -1).astype(np.float32)
         self.iterations = iterations
-        self.postfilter = None  # a Postfilter for what is sounded, once set
+        self.postfilter = None  # a Sharpening of what is sounded, once set
 
     def prime(self, frames):
         """Warm up on a seed's frames (pieces, seed_frames, features); their audio is dropped."""
@@ -754,6 +755,37 @@ class Postfilter:
         per_bin = np.ones_like(frames)
         per_bin[:, edges[0]:edges[-1]] = np.repeat(gains, np.diff(edges), axis=-1)
         sharpened = frames + (per_bin - 1) * detail
+        return sharpened + 0.5 * (frame_level(frames) - frame_level(sharpened))[:, None]
+
+
+class Sharpening:
+    """How the postfilter reaches the sound: a wrapper around predict_next that keeps, for each
+    prediction, what the Postfilter would change in it (before any error is sampled onto it),
+    and, called on the frame being sounded (PhaseRebuilder.push), adds that change to it and
+    puts it back at its own level. So the detail sharpened is the network's own, not the
+    sampled error's (which already has the music's variance of detail, so a postfilter after it
+    changed nothing), and what is fed back to the network is never changed. Predictions and
+    the frames sounded go through in the same order, one each (a queue: the audio thread
+    sounds frame i while frame i + 1 is predicted); a seed's frames, sounded before any
+    prediction, pass unchanged."""
+
+    def __init__(self, postfilter, mean, std):
+        self.postfilter, self.mean, self.std = postfilter, mean, std
+        self.changes = collections.deque()  # (pieces, bins) each, not yet sounded
+
+    def watch(self, predict_next):
+        def predict(frames):
+            predicted = predict_next(frames)
+            raw = denormalise(predicted, self.mean, self.std)
+            self.changes.append(self.postfilter(raw) - raw)
+            return predicted
+
+        return predict
+
+    def __call__(self, frames):  # (pieces, bins) log-magnitudes about to be sounded
+        if not self.changes:
+            return frames
+        sharpened = frames + self.changes.popleft()
         return sharpened + 0.5 * (frame_level(frames) - frame_level(sharpened))[:, None]
 
 
@@ -3695,15 +3727,22 @@ def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds
         fold = output_fold(synthesis, head)
         predict_next = make_step_function(model, len(raw_seeds), compile_step(model, fold=fold))
         music_frames = None
+        spectra = getattr(synthesis, "synthesis", synthesis)  # (inside WithNearestFrames)
         if config.temperature or config.frames == "magnitude" or head.name == "mixture":
             errors, music_frames = prediction_errors(model, cache, rng,
                                                      with_errors=head.name != "mixture")
+            sharpening = None
+            if config.postfilter and isinstance(spectra, PhaseRebuilder):
+                sharpening = Sharpening(Postfilter.from_music(
+                    denormalise(music_frames, mean, std)), mean, std)
+                spectra.postfilter = sharpening
+            if sharpening is not None and head.name != "mixture":  # before the error is added
+                predict_next = sharpening.watch(predict_next)
             predict_next = head.sampling(predict_next, folded_errors(errors, fold),
                                          config.temperature, rng)
+            if sharpening is not None and head.name == "mixture":  # its sample is its prediction
+                predict_next = sharpening.watch(predict_next)
         predict_next = synthesis.steer(predict_next, music_frames)
-        spectra = getattr(synthesis, "synthesis", synthesis)  # (inside WithNearestFrames)
-        if config.postfilter and isinstance(spectra, PhaseRebuilder):
-            spectra.postfilter = Postfilter.from_music(denormalise(music_frames, mean, std))
         paths = write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, seconds,
                              paths, synthesis, prefixes, ctrl_c)
     return synthesis, paths

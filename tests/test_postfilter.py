@@ -58,3 +58,30 @@ def test_spectra_are_postfiltered_when_asked(tmp_path):
     assert again.returncode == 0, again.stderr
     pieces = [(tmp_path / f"{name}-0.wav").read_bytes() for name in ("with", "without", "again")]
     assert pieces[1] != pieces[2]  # the same model and seed: only the postfilter differs
+
+
+def test_the_prediction_is_sharpened_when_sounded_and_fed_back_unchanged(mc, music_frames):
+    """Sharpening keeps what the postfilter would change in each prediction and adds it to the
+    frame sounded for it, in order, at that frame's level; what is fed back is the prediction
+    itself, and a seed's frames (sounded before any prediction) pass unchanged."""
+    mean, std = music_frames.mean(axis=0), music_frames.std(axis=0) + 1e-3
+    real = music_frames[70:72]
+    smeared = gaussian_filter1d(real, 3, axis=-1)  # a blurred prediction: sharpened
+    flat = np.full_like(real, -2.0)  # a prediction without detail: nothing to sharpen
+    predictions = iter([mc.normalise(smeared, mean, std), mc.normalise(flat, mean, std)])
+    sharpening = mc.Sharpening(mc.Postfilter.from_music(music_frames[:60]), mean, std)
+    predict_next = sharpening.watch(lambda frames: next(predictions))
+    np.testing.assert_array_equal(sharpening(real), real)  # a seed: nothing pending
+    first, second = predict_next(None), predict_next(None)  # as the audio thread lags one
+    np.testing.assert_allclose(mc.denormalise(first, mean, std), smeared, atol=1e-4)
+    noise = np.random.default_rng(0).normal(0, 0.3, real.shape).astype(np.float32)
+    sounded_frames = mc.denormalise(first, mean, std) + noise  # with a sampled error, say
+    sounded = sharpening(sounded_frames)
+    peaks = np.argsort(real, axis=-1)[:, -20:]
+    assert peak_heights(mc, sounded, peaks) > 1.25 * peak_heights(mc, sounded_frames, peaks)
+    np.testing.assert_allclose(mc.frame_level(sounded), mc.frame_level(sounded_frames),
+                               atol=1e-3)
+    flat_sounded = mc.denormalise(second, mean, std) + noise
+    np.testing.assert_allclose(sharpening(flat_sounded), flat_sounded, atol=1e-4)
+    assert not sharpening.changes  # one change per prediction, each sounded once
+    np.testing.assert_array_equal(sharpening(real), real)
