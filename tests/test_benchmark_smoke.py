@@ -9,7 +9,8 @@ from conftest import ROOT, load_script
 
 KEYS = ["help_s", "prep_x_realtime", "prep_peak_rss_mb_10min", "prep_peak_rss_mb_60min",
         "matmul_gflops", "train_frames_per_s", "train_mfu", "gen_x_realtime",
-        "gen_x_realtime_plain", "gen_x_realtime_spectra", "gen_speedup_vs_refeed",
+        "gen_x_realtime_plain", "gen_x_realtime_spectra",
+        "gen_x_realtime_spectra_postfilter", "gen_speedup_vs_refeed",
         "grain_peak_rss_mb_10min", "grain_peak_rss_mb_60min", "params",
         "train_frames_per_s_1s_average", "train_mfu_1s_average", "train_epoch_cost_vs_1s_average",
         "train_frames_per_s_float32", "train_mfu_float32", "train_mixed_speedup",
