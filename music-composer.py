@@ -4545,8 +4545,11 @@ def main(argv=None):
 
 if __name__ == "__main__":
     status = main()
-    if status == 143:  # SIGTERM: everything is saved and closed; skip the 2 s that freeing
-        sys.stdout.flush()  # TensorFlow's memory takes at exit, inside a preemption's grace
+    if status in (130, 143):  # stopped: everything is saved and closed. Skip the 2 s that
+        # freeing TensorFlow's memory takes at exit, inside a preemption's grace (SIGTERM), and
+        # the interpreter's shutdown, which once hung for minutes after a second Ctrl-C had
+        # interrupted a training step (a CI run: the message printed, the process alive)
+        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
     sys.exit(status)
