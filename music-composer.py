@@ -755,7 +755,7 @@ class Postfilter:
         per_bin = np.ones_like(frames)
         per_bin[:, edges[0]:edges[-1]] = np.repeat(gains, np.diff(edges), axis=-1)
         sharpened = frames + (per_bin - 1) * detail
-        return sharpened + 0.5 * (frame_level(frames) - frame_level(sharpened))[:, None]
+        return at_level_of(frames, sharpened)
 
 
 class Sharpening:
@@ -786,7 +786,11 @@ class Sharpening:
         if not self.changes:
             return frames
         sharpened = frames + self.changes.popleft()
-        return sharpened + 0.5 * (frame_level(frames) - frame_level(sharpened))[:, None]
+        return at_level_of(frames, sharpened)
+
+
+def at_level_of(frames, changed):  # changed moved uniformly back to each frame's level
+    return changed + 0.5 * (frame_level(frames) - frame_level(changed))[:, None]
 
 
 def frame_level(frames):  # (n, bins) log-magnitudes -> (n,) log of the power, as magnitudes go
