@@ -126,6 +126,7 @@ class Config:
     postfilter: bool = False  # sharpen predicted spectra before sounding them (spectra only);
     # off by default: clearer pitch, but fewer notes start and a drum beat weakens (README)
     precision: str = "auto"  # of training: a key of PRECISIONS, or auto (training_precision)
+    steer: str = "network"  # who chooses each next frame: a key of STEERS (join: no network)
 
 
 # The settings of a plain run, and of --demo (smaller, so it finishes in minutes on a CPU).
@@ -644,6 +645,9 @@ class PlainSynthesis:
     def steer(self, predict_next, music_frames=None):
         return predict_next
 
+    def sharpen_with(self, sharpening):  # a postfilter needs magnitude spectra: not taken
+        return False
+
 
 class PhaseRebuilder:
     """Magnitude frames back to audio, one frame at a time for a batch of pieces.
@@ -702,6 +706,11 @@ class PhaseRebuilder:
     def steer(self, predict_next, music_frames):
         """The predictions it sounds stay within the music's levels (within_music_levels)."""
         return within_music_levels(predict_next, music_frames)
+
+    def sharpen_with(self, sharpening):
+        """Sounds each frame through `sharpening` (a Sharpening, see --postfilter): taken."""
+        self.postfilter = sharpening
+        return True
 
 
 POSTFILTER_SMOOTHING_BINS = 31  # 62 Hz: the width of the spectral envelope a frame's detail
@@ -769,14 +778,14 @@ class Sharpening:
     sounds frame i while frame i + 1 is predicted); a seed's frames, sounded before any
     prediction, pass unchanged."""
 
-    def __init__(self, postfilter, mean, std):
-        self.postfilter, self.mean, self.std = postfilter, mean, std
+    def __init__(self, postfilter, normalisation):
+        self.postfilter, self.normalisation = postfilter, normalisation
         self.changes = collections.deque()  # (pieces, bins) each, not yet sounded
 
     def watch(self, predict_next):
         def predict(frames):
             predicted = predict_next(frames)
-            raw = denormalise(predicted, self.mean, self.std)
+            raw = self.normalisation.denormalise(predicted)
             self.changes.append(self.postfilter(raw) - raw)
             return predicted
 
@@ -806,8 +815,9 @@ class RealFrames:
     network's normalisation (mean, std), which is the cache's unless the music changed since
     the model was trained."""
 
-    def __init__(self, cache, mean, std):
-        self.cache, self.mean, self.std = cache, mean, std
+    def __init__(self, cache, normalisation):
+        self.cache, self.normalisation = cache, normalisation
+        self.mean, self.std = normalisation.mean, normalisation.std
         self.squared_norms = np.einsum("ij,ij->i", cache.codes, cache.codes)
         # Frames far below the music's level: silences between pieces, fade-outs. Grains never
         # choose them, or a loop of silence in, silence predicted, silence chosen could start.
@@ -819,7 +829,7 @@ class RealFrames:
                            ).astype(np.float32)
 
     def encode(self, raw_frames):  # (pieces, NUM_FEATURES) raw -> (pieces, dimensions)
-        return normalise(raw_frames, self.cache.mean, self.cache.std) @ self.cache.components.T
+        return self.cache.normalisation.normalise(raw_frames) @ self.cache.components.T
 
     def folding(self):
         """(matrix (NUM_FEATURES, dimensions), offset (dimensions,)) float32: encode() of a
@@ -839,7 +849,7 @@ class RealFrames:
 
     def for_network(self, indices):  # (pieces,) -> (pieces, NUM_FEATURES), network-normalised
         rows = np.concatenate([read_span(self.cache.frames, index, 1) for index in indices])
-        return normalise(denormalise(rows, self.cache.mean, self.cache.std), self.mean, self.std)
+        return self.normalisation.normalise(self.cache.normalisation.denormalise(rows))
 
     def window_starts(self, indices):  # (pieces,) -> (pieces,) int64 samples into cache.audio
         indices = np.asarray(indices)
@@ -1002,13 +1012,16 @@ class GrainSynthesis:
         may fold that into its output layer and predict the index's numbers (see sound_pieces)."""
         return self.real.folding()
 
+    def sharpen_with(self, sharpening):  # real recordings are played as they are: not taken
+        return False
+
     def steer(self, predict_next, music_frames=None):
         """predict_next that returns, instead of each prediction, the real frame chosen for it.
         Predictions are network-normalised frames, or, folded, their index numbers (narrower)."""
         def predict(frames):
             predicted = predict_next(frames)  # the first call reads the whole seed
-            if predicted.shape[-1] == NUM_FEATURES:
-                predicted = self.real.encode(denormalise(predicted, self.real.mean, self.real.std))
+            if predicted is not None and predicted.shape[-1] == NUM_FEATURES:
+                predicted = self.real.encode(self.real.normalisation.denormalise(predicted))
             return self.real.for_network(self.choose_by_codes(predicted))
 
         return predict
@@ -1016,9 +1029,16 @@ class GrainSynthesis:
     def choose(self, raw_predictions):  # (pieces, NUM_FEATURES) -> (pieces,) frame indices
         return self.choose_by_codes(self.real.encode(raw_predictions))
 
-    def choose_by_codes(self, predicted_codes):  # (pieces, dimensions) -> (pieces,) indices
+    def prediction_cost(self, predicted_codes):  # -> (pieces, num_frames)
+        """How far each real frame sounds from each piece's prediction; nothing without one
+        (None: the walk, see JoinAlone), so that the join alone chooses."""
+        if predicted_codes is None:
+            return np.zeros((len(self.previous), len(self.real.cache.codes)), np.float32)
+        return self.real.distances(predicted_codes)
+
+    def choose_by_codes(self, predicted_codes):  # (pieces, dimensions) or None -> (pieces,)
         codes = self.real.cache.codes
-        cost = self.real.distances(predicted_codes)  # (pieces, num_frames)
+        cost = self.prediction_cost(predicted_codes)  # (pieces, num_frames)
         successors = self.real.successors(self.previous)
         joined = np.where(successors >= 0, successors, self.previous)  # what a choice follows
         joins = self.real.distances(codes[np.maximum(joined, 0)])
@@ -1117,6 +1137,9 @@ class WithNearestFrames:
     def steer(self, predict_next, music_frames=None):
         return self.synthesis.steer(predict_next, music_frames)
 
+    def sharpen_with(self, sharpening):
+        return self.synthesis.sharpen_with(sharpening)
+
     def push(self, frames):
         for indices, index in zip(self.copy_indices, self.real.nearest(frames)):
             indices.append(int(index))
@@ -1150,6 +1173,21 @@ def normalise(frames, mean, std):
 
 def denormalise(frames, mean, std):
     return (frames * std + mean).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalisation:
+    """The per-feature mean and standard deviation that a network's frames are measured in: the
+    cache's, or a checkpoint's (the music it was trained on). It travels with the model."""
+
+    mean: np.ndarray  # (NUM_FEATURES,) float32
+    std: np.ndarray  # (NUM_FEATURES,) float32, each > 0
+
+    def normalise(self, raw_frames):
+        return normalise(raw_frames, self.mean, self.std)
+
+    def denormalise(self, frames):
+        return denormalise(frames, self.mean, self.std)
 
 
 class RunningStats:
@@ -1214,6 +1252,10 @@ class FrameCache:
     beats: np.ndarray = None  # (num_frames, 2) float32: phase in the beat (0-1), period (s); nan
     # where the music has no steady beat
     chroma: np.ndarray = None  # (num_frames, 12) float32: each frame's pitch classes (unit length)
+
+    @property
+    def normalisation(self):  # the frames' own: what a new network is trained in
+        return Normalisation(self.mean, self.std)
 
     def grain(self, index):
         """Frame `index`'s 0.5 s of recorded audio, (WINDOW_SIZE,) float32 in [-1, 1]."""
@@ -1816,6 +1858,9 @@ LOG_SCALE_LIMITS = (-7.0, 7.0)  # a component's log standard deviation is kept w
 class PointHead:
     """The output is the predicted frame; sampling adds one of the network's real errors."""
 
+    predicts_frames = True  # its outputs are a frame (a step may fold them: output_fold)
+    uses_errors = True  # sampling adds the network's own errors (prediction_errors)
+
     def __init__(self, name):
         self.name, self.components = name, 1
         self.loss = {"average": "mse", "median": "mae"}[name]
@@ -1826,8 +1871,11 @@ class PointHead:
     def mode(self, outputs):
         return outputs
 
-    def sampling(self, predict_next, errors, temperature, rng):
-        return with_sampled_errors(predict_next, errors, temperature, rng)
+    def sampling(self, predict_next, errors, temperature, rng, watch=None):
+        """predict_next sampled: the network's prediction (seen by `watch`, a wrapper that
+        takes the network's own prediction, when given) plus a sampled error."""
+        return with_sampled_errors(watch(predict_next) if watch else predict_next, errors,
+                                   temperature, rng)
 
 
 class MixtureHead:
@@ -1838,6 +1886,7 @@ class MixtureHead:
     likely it is, instead of one average of them all."""
 
     name, loss = "mixture", "music_composer>mixture_nll"
+    predicts_frames = uses_errors = False  # its outputs are a distribution, its own spread
 
     def __init__(self, components=MIXTURE_COMPONENTS):
         self.components = components
@@ -1872,8 +1921,10 @@ class MixtureHead:
         return (means[rows, chosen] + temperature * np.exp(log_stds[rows, chosen])[:, None]
                 * noise).astype(np.float32)
 
-    def sampling(self, predict_next, errors, temperature, rng):
-        return lambda frames: self.sample(predict_next(frames), temperature, rng)
+    def sampling(self, predict_next, errors, temperature, rng, watch=None):
+        """predict_next sampled from the mixture; its sample is its prediction (`watch`)."""
+        sampled = lambda frames: self.sample(predict_next(frames), temperature, rng)  # noqa: E731
+        return watch(sampled) if watch else sampled
 
 
 def make_head(name, components=MIXTURE_COMPONENTS):
@@ -2578,11 +2629,13 @@ def write_preview(model, cache, config, epoch):
     if any(os.path.lexists(path.with_suffix(suffix)) for suffix in (".wav", ".json")):
         path = output_paths(path.with_suffix(""), 1)[0]  # never over an earlier run's preview
     length = min(seed_length(cache, config), int(cache.file_starts[1]))
-    seed = denormalise(np.asarray(cache.frames[None, :length]), cache.mean, cache.std)
+    seeds = Seeds(cache.normalisation.denormalise(np.asarray(cache.frames[None, :length])),
+                  [seed_origin(0, length, cache)])
     say(f"Preview after epoch {epoch}:")
-    synthesis, (path,) = sound_pieces(model, cache, config, cache.mean, cache.std,
-                                      np.random.default_rng(epoch), seed, [path],
-                                      PREVIEW_SECONDS)
+    plan = GenerationPlan.from_config(config, seconds=PREVIEW_SECONDS)
+    choice = NetworkChoice(Network(model, cache.normalisation))
+    synthesis, (path,) = sound_pieces(plan, choice, cache, seeds, [path],
+                                      np.random.default_rng(epoch))
     figures = report_piece(path, cache.reference, 0.0,
                            copy_figures(synthesis.copy_indices[0], cache.file_starts))
     return figures, path
@@ -3061,15 +3114,15 @@ def wait_quietly(future):
         pass
 
 
-def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, prefixes=None,
-                 ctrl_c=None):
-    """Generate every piece together, one frame at a time, and stream them into WAV files,
-    each after its prefix (the end of a --seed-wav file) when there is one. Returns the paths
-    written (see WavWriters.finish).
+def write_pieces(predict_next, seeds, normalisation, synthesis, paths, seconds, ctrl_c=None):
+    """Generate every piece together, one frame at a time, from Seeds, predict_next working in
+    `normalisation`, and stream them into WAV files, each after its seed's prefix (the end of a
+    --seed-wav file) when there is one. Returns the paths written (see WavWriters.finish).
 
     With overlapping frames the first generated block overlaps the prefix's last one: the prefix
     is written up to there, and that block fades from it into the new music."""
     num_frames = int(round(seconds * FRAMES_PER_SECOND))
+    prefixes = seeds.prefixes
     if prefixes and synthesis.overlap:
         num_frames += synthesis.overlap // BLOCK_SIZE
     from concurrent.futures import ThreadPoolExecutor
@@ -3078,7 +3131,7 @@ def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, pref
     report = progress_reporter(num_frames)
 
     def write(frames):
-        writers.write(synthesis.push(denormalise(frames, mean, std)))
+        writers.write(synthesis.push(normalisation.denormalise(frames)))
 
     # One thread turns frame i into audio while the network computes frame i + 1.
     pending = None
@@ -3088,7 +3141,8 @@ def write_pieces(predict_next, seeds, mean, std, seconds, paths, synthesis, pref
         try:
             for handle, prefix in zip(writers.files, prefixes or []):
                 handle.writeframes(to_pcm16(prefix[: len(prefix) - synthesis.overlap]).tobytes())
-            for index, frames in enumerate(generate(predict_next, seeds, num_frames)):
+            first = normalisation.normalise(seeds.frames)
+            for index, frames in enumerate(generate(predict_next, first, num_frames)):
                 ctrl_c.check()
                 if pending is not None:
                     pending.result()
@@ -3701,12 +3755,135 @@ def report_piece(path, reference, skip_seconds, copied):
     return figures
 
 
+# -----------------------------------------------------------------------------
+# Composing: a plan built once from the settings, who chooses each next frame (the network, or
+# the join alone), and the pieces written with their reports
+
+
+STEERS = {"network": "the network chooses each next frame from all it has heard",
+          "join": "no network, the walk: the recording goes on until the copy guard, then jumps "
+                  "to the frame that joins best on the beat (needs no trained model: a remix "
+                  "in seconds, and the control the network's pieces are measured against)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationPlan:
+    """How pieces are made, resolved once from the settings and handed on: what a generation
+    reads of them, and nothing of training."""
+
+    frames: str  # the kind of frame: a key of FRAME_KINDS
+    synthesis: str  # how frames sound: a key of SYNTHESES
+    steer: str = "network"  # who chooses each next frame: a key of STEERS
+    temperature: float = 1.0  # scale of the sampled errors (or the mixture's temperature)
+    postfilter: bool = False  # sharpen predicted spectra before sounding them (spectra only)
+    copy_limit: float = COPY_LIMIT_SECONDS  # seconds: longest verbatim stretch (grains)
+    seconds: float = 10  # length of each piece
+
+    @classmethod
+    def from_config(cls, config, seconds=None):
+        return cls(config.frames, config.synthesis, config.steer, config.temperature,
+                   config.postfilter, config.copy_limit,
+                   config.seconds if seconds is None else seconds)
+
+    def make_synthesis(self, real, pieces, seed_ranges=None):
+        return make_synthesis(self.frames, pieces, self.synthesis, real, self.copy_limit,
+                              seed_ranges)
+
+
+@dataclasses.dataclass
+class Seeds:
+    """Where each piece starts: a clip of the training music, or the end of a --seed-wav file."""
+
+    frames: np.ndarray  # (pieces, seed_frames, NUM_FEATURES) raw: what the network reads first
+    origins: list  # per piece, where its seed comes from, in words
+    prefixes: list = None  # per piece, audio its file starts with (a --seed-wav file's end)
+    endings: np.ndarray = None  # (pieces, WINDOW_SIZE): the last 0.5 s of each, where the new
+    # music starts; None: the seeds are clips of the training music
+    music: tuple = None  # (FrameCache, seed ranges) that grains choose from, when the seeds'
+    # own recordings join the cache's (see with_seed_music); None: the cache's alone
+
+    @property
+    def seconds_before(self):  # per piece, seconds of its file before the new music
+        return [0.0 if prefix is None else len(prefix) / SAMPLE_RATE
+                for prefix in self.prefixes or [None] * len(self.frames)]
+
+
+def seeds_from_music(cache, count, length, rng):
+    """`count` random clips of `length` frames of the training music."""
+    starts = seed_starts(cache.file_starts, count, rng, length)
+    frames = cache.normalisation.denormalise(
+        pick_seeds(cache.frames, cache.file_starts, count, rng, length, starts))
+    return Seeds(frames, [seed_origin(start, length, cache) for start in starts])
+
+
+def seeds_from_wavs(seed_wavs, cache, plan):
+    """The --seed-wav files (a SeedWavs) as Seeds; with grains, each one's own recording joins
+    the music its piece chooses from."""
+    music = with_seed_music(cache, seed_wavs) if plan.synthesis == "grains" else None
+    return Seeds(seed_wavs.frames, [f"continues {name}; the first {SEED_PREFIX_SECONDS:g} s are "
+                                    f"its end" for name in seed_wavs.names],
+                 seed_wavs.prefixes, seed_wavs.endings, music)
+
+
+class Network:
+    """A trained model and what goes everywhere with it: the normalisation of the frames it
+    reads and writes, and its head (what its outputs are)."""
+
+    def __init__(self, model, normalisation):
+        self.model, self.normalisation, self.head = model, normalisation, head_of(model)
+
+    def predictor(self, pieces, fold=None):
+        """predict_next for `pieces` pieces at once (see make_step_function)."""
+        return make_step_function(self.model, pieces, compile_step(self.model, fold=fold))
+
+
+class NetworkChoice:
+    """--steer network: the network predicts each next frame from all it has heard, sampled as
+    its head says, and the synthesis sounds the prediction (spectra) or plays the real frame
+    chosen for it (grains)."""
+
+    def __init__(self, network):
+        self.network, self.normalisation = network, network.normalisation
+
+    def predict_next(self, plan, synthesis, cache, pieces, rng):
+        """The network's step with the wrappers the plan asks for, innermost first: the
+        postfilter's watch on its own prediction, the head's sampling, the synthesis's steer."""
+        head, normalisation = self.network.head, self.normalisation
+        fold = output_fold(synthesis, head)
+        predict_next = self.network.predictor(pieces, fold)
+        errors = music_frames = sharpening = None
+        if plan.temperature or plan.frames == "magnitude" or not head.uses_errors:
+            errors, music_frames = prediction_errors(self.network.model, cache, rng,
+                                                     with_errors=head.uses_errors)
+            if plan.postfilter:
+                sharpening = Sharpening(Postfilter.from_music(
+                    normalisation.denormalise(music_frames)), normalisation)
+                sharpening = sharpening if synthesis.sharpen_with(sharpening) else None
+            predict_next = head.sampling(predict_next, folded_errors(errors, fold),
+                                         plan.temperature, rng,
+                                         sharpening.watch if sharpening else None)
+        return synthesis.steer(predict_next, music_frames)
+
+
+class JoinAlone:
+    """--steer join, the walk: no network. GrainSynthesis chooses with the prediction's term left
+    out of its cost, so each next frame is the real successor of the last while the copy guard
+    allows, else the frame that joins it best on the beat (with the same beat rule, level term,
+    silence rule and copy guard). It needs the cache, never a trained model."""
+
+    def __init__(self, normalisation):
+        self.normalisation = normalisation
+
+    def predict_next(self, plan, synthesis, cache, pieces, rng):
+        return synthesis.steer(lambda frames: None)  # no prediction: the join alone chooses
+
+
 def output_fold(synthesis, head):
     """What the generation step may fold into its output layer (see compile_step): the
     synthesis's map of a prediction to all it reads of it, when it has one (grains: the
     index's numbers) and the head's outputs are the prediction itself (not a mixture's)."""
     folding = getattr(synthesis, "folding", None)
-    return folding() if folding is not None and head.name != "mixture" else None
+    return folding() if folding is not None and head.predicts_frames else None
 
 
 def folded_errors(errors, fold):
@@ -3714,92 +3891,75 @@ def folded_errors(errors, fold):
     return errors if errors is None or fold is None else errors @ fold[0]
 
 
-def sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths, seconds, prefixes=None,
-                 endings=None, music=None):
-    """Generate a piece from each seed (pieces, seed_frames, features), raw, the configured way,
-    into `paths`; endings: the last 0.5 s of --seed-wav files, whose prefixes start the pieces;
-    music: (FrameCache, seed ranges) that grains choose from, when not the cache's alone.
-    Returns the synthesis, which knows the pieces' copy indices, and the paths written."""
-    music, seed_ranges = music or (cache, None)
-    synthesis = make_synthesis(config.frames, len(raw_seeds), config.synthesis,
-                               RealFrames(music, mean, std), config.copy_limit, seed_ranges)
-    synthesis.prime(raw_seeds)
-    if endings is not None:
-        synthesis.prime_with_audio(endings)
+def sound_pieces(plan, choice, cache, seeds, paths, rng):
+    """Generate a piece from each of the Seeds the planned way, chosen by `choice` (a
+    NetworkChoice or JoinAlone), into `paths`. Returns the synthesis, which knows the pieces'
+    copy indices, and the paths written."""
+    music, seed_ranges = seeds.music or (cache, None)
+    pieces, normalisation = len(seeds.frames), choice.normalisation
+    synthesis = plan.make_synthesis(RealFrames(music, normalisation), pieces, seed_ranges)
+    synthesis.prime(seeds.frames)
+    if seeds.endings is not None:
+        synthesis.prime_with_audio(seeds.endings)
     with QuitAtSafePoints() as ctrl_c:
-        head = head_of(model)
-        fold = output_fold(synthesis, head)
-        predict_next = make_step_function(model, len(raw_seeds), compile_step(model, fold=fold))
-        music_frames = None
-        spectra = getattr(synthesis, "synthesis", synthesis)  # (inside WithNearestFrames)
-        if config.temperature or config.frames == "magnitude" or head.name == "mixture":
-            errors, music_frames = prediction_errors(model, cache, rng,
-                                                     with_errors=head.name != "mixture")
-            sharpening = None
-            if config.postfilter and isinstance(spectra, PhaseRebuilder):
-                sharpening = Sharpening(Postfilter.from_music(
-                    denormalise(music_frames, mean, std)), mean, std)
-                spectra.postfilter = sharpening
-            if sharpening is not None and head.name != "mixture":  # before the error is added
-                predict_next = sharpening.watch(predict_next)
-            predict_next = head.sampling(predict_next, folded_errors(errors, fold),
-                                         config.temperature, rng)
-            if sharpening is not None and head.name == "mixture":  # its sample is its prediction
-                predict_next = sharpening.watch(predict_next)
-        predict_next = synthesis.steer(predict_next, music_frames)
-        paths = write_pieces(predict_next, normalise(raw_seeds, mean, std), mean, std, seconds,
-                             paths, synthesis, prefixes, ctrl_c)
+        predict_next = choice.predict_next(plan, synthesis, cache, pieces, rng)
+        paths = write_pieces(predict_next, seeds, normalisation, synthesis, paths, plan.seconds,
+                             ctrl_c)
     return synthesis, paths
 
 
-def compose(model, cache, config, mean, std, rng, seeds=None, metadata=None):
+def announce(plan, seeds):
+    if seeds.endings is not None:
+        say(f"Continuing {len(seeds.frames)} piece(s) of your own for {plan.seconds} s each; "
+            f"every file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed"
+            + (", whose own recording joins the music its grains choose from."
+               if seeds.music else "."))
+    else:
+        say(f"Generating {len(seeds.frames)} piece(s) of {plan.seconds} s, seeded with random "
+            f"{seeds.frames.shape[1] / FRAMES_PER_SECOND:g} s clips of the training music, "
+            f"sounded as {plan.synthesis}" + (", chosen by the join alone (no network)..."
+                                              if plan.steer == "join" else "..."))
+
+
+def compose(config, choice, cache, rng, seed_wavs=None, metadata=None):
     """Write the pieces, their reports and pictures, and the run's listening page (returned):
     seeded from --seed-wav files (a SeedWavs) when given, else from the training music.
-    metadata: the checkpoint's, for the page."""
-    music, endings = None, None
-    if seeds is not None:
-        raw_seeds, prefixes, endings = seeds.frames, seeds.prefixes, seeds.endings
-        if config.synthesis == "grains":
-            music = with_seed_music(cache, seeds)
-        say(f"Continuing {len(prefixes)} piece(s) of your own for {config.seconds} s each; every "
-            f"file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed"
-            + (", whose own recording joins the music its grains choose from." if music else "."))
-        origins = [f"continues {name}; the first {SEED_PREFIX_SECONDS:g} s are its end"
-                   for name in seeds.names]
+    metadata: the checkpoint's, for the page (None: no network)."""
+    plan = GenerationPlan.from_config(config)
+    if seed_wavs is not None:
+        seeds = seeds_from_wavs(seed_wavs, cache, plan)
     else:
-        length = seed_length(cache, config)
-        starts = seed_starts(cache.file_starts, config.num_pieces, rng, length)
-        raw_seeds, prefixes = denormalise(pick_seeds(cache.frames, cache.file_starts,
-                                                     config.num_pieces, rng, length, starts),
-                                          cache.mean, cache.std), None
-        origins = [seed_origin(start, length, cache) for start in starts]
-        say(f"Generating {config.num_pieces} piece(s) of {config.seconds} s, seeded with random "
-            f"{length / FRAMES_PER_SECOND:g} s clips of the training music, sounded as "
-            f"{config.synthesis}...")
-    paths = output_paths(config.output_name, len(raw_seeds))
-    synthesis, paths = sound_pieces(model, cache, config, mean, std, rng, raw_seeds, paths,
-                                    config.seconds, prefixes, endings, music)
+        seeds = seeds_from_music(cache, config.num_pieces, seed_length(cache, config), rng)
+    announce(plan, seeds)
+    paths = output_paths(config.output_name, len(seeds.frames))
+    synthesis, paths = sound_pieces(plan, choice, cache, seeds, paths, rng)
     say(f"Wrote {len(paths)} piece(s).")
-    seed_ends = [0.0 if prefix is None else len(prefix) / SAMPLE_RATE
-                 for prefix in prefixes or [None] * len(paths)]
-    file_starts = (music or (cache,))[0].file_starts
-    extras = [copy_figures(indices, file_starts) for indices in synthesis.copy_indices]
-    if music is not None:  # grains continuing --seed-wav files, each one's recording among them
-        extras = [{**extra, **seed_share(indices, seed_range)} for extra, indices, seed_range
-                  in zip(extras, synthesis.copy_indices, music[1])]
-    if seeds is not None:
-        extras = [{**extra, **seed_figures(read_wav(path)[0][int(skip * SAMPLE_RATE):], audio,
-                                           cache)}
-                  for extra, path, skip, audio in zip(extras, paths, seed_ends, seeds.audios)]
-    reports = report_quality(paths, cache.reference, seed_ends, extras)
+    reports = report_quality(paths, cache.reference, seeds.seconds_before,
+                             piece_extras(synthesis, cache, seeds, paths, seed_wavs))
     if config.plots:
-        for path, seed_end in zip(paths, seed_ends):
+        for path, seed_end in zip(paths, seeds.seconds_before):
             say(f"Spectrogram: {plot_spectrogram(path, path.with_suffix('.png'), seed_end)}")
     page = write_listening_page(config, cache, metadata, [
-        Piece(path, report, origin, seed_end)
-        for path, report, origin, seed_end in zip(paths, reports, origins, seed_ends)])
+        Piece(path, report, origin, seed_end) for path, report, origin, seed_end
+        in zip(paths, reports, seeds.origins, seeds.seconds_before)])
     say(f"Listen: {page}")
     return page
+
+
+def piece_extras(synthesis, cache, seeds, paths, seed_wavs):
+    """Per piece, the figures only the run knows: how much was played verbatim, and for a
+    continuation how much came from its seed's recording and how it follows the seed."""
+    file_starts = (seeds.music or (cache,))[0].file_starts
+    extras = [copy_figures(indices, file_starts) for indices in synthesis.copy_indices]
+    if seeds.music is not None:  # grains continuing --seed-wav files, their recordings among them
+        extras = [{**extra, **seed_share(indices, seed_range)} for extra, indices, seed_range
+                  in zip(extras, synthesis.copy_indices, seeds.music[1])]
+    if seed_wavs is not None:
+        extras = [{**extra, **seed_figures(read_wav(path)[0][int(skip * SAMPLE_RATE):], audio,
+                                           cache)}
+                  for extra, path, skip, audio in zip(extras, paths, seeds.seconds_before,
+                                                      seed_wavs.audios)]
+    return extras
 
 
 # -----------------------------------------------------------------------------
@@ -4353,6 +4513,9 @@ def make_parser():
     generation.add_argument("--synthesis", choices=list(SYNTHESES),
                             help="how predicted frames become sound: " + described(SYNTHESES)
                             + " (default: grains; spectra with --frames plain)")
+    generation.add_argument("--steer", choices=list(STEERS), default="network",
+                            help="who chooses each next frame (grains): " + described(STEERS)
+                            + " (default: network)")
     generation.add_argument("--copy-limit", type=copy_limit, metavar="SECONDS",
                             help=f"with grains, the longest stretch of your music played back "
                                  f"verbatim, in seconds, at least 0.25 (default: "
@@ -4400,11 +4563,14 @@ def config_from_args(args, parser):
                      "music that sounds nearest to each prediction, and plain frames hold the "
                      "phase, which says little of the sound. Use --synthesis spectra with "
                      "--frames plain, or leave out --frames plain.")
+    if args.steer == "join" and (frames == "plain" or args.synthesis == "spectra"):
+        parser.error("--steer join walks the recordings of your music, so it sounds grains of "
+                     "magnitude frames: leave out --synthesis spectra and --frames plain.")
     return Config(dataset_dir=Path(setting("datasets_folder_path")),
                   cache_dir=Path(setting("traindata_folder_path")),
                   output_name=setting("output_music_name"),
                   hidden_neurons=setting("hidden_layer_neurons"),
-                  hidden_layers=setting("hidden_layer_count"), epochs=setting("epochs"),
+                  hidden_layers=setting("hidden_layer_count"), epochs=0 if args.steer == "join" else setting("epochs"),
                   batch_size=setting("batch_size"), seconds=setting("seconds_to_generate"),
                   num_pieces=len(seed_wavs) or setting("generated_music_num"),
                   random_seed=args.random_seed, seed_wavs=seed_wavs, plots=not args.no_plots,
@@ -4420,7 +4586,7 @@ def config_from_args(args, parser):
                   and args.hidden_layer_count is None,
                   save_every_minutes=SAVE_EVERY_MINUTES if args.save_every_minutes is None
                   else args.save_every_minutes, postfilter=args.postfilter,
-                  precision=args.precision)
+                  precision=args.precision, steer=args.steer)
 
 
 def print_settings(config):
@@ -4477,6 +4643,8 @@ def run(config):
 
 def compose_from_folder(config):
     """The whole job, once the traindata folder is ours."""
+    if config.steer == "join":
+        return walk_from_folder(config)
     checkpoint = find_checkpoint(config)
     midepoch = find_midepoch_checkpoint(config, checkpoint)
     latest = midepoch or checkpoint
@@ -4490,39 +4658,70 @@ def compose_from_folder(config):
         stopped = " (the first epoch was stopped midway: leave out -e 0 to go on with it)" \
             if midepoch else ""
         raise UserError(f"-e 0 generates from a trained model, but there is no checkpoint in "
-                        f"{config.cache_dir}{stopped}. Train first (leave out -e 0).")
-    seeds = read_seed_wavs(config.seed_wavs, config.frames, config.sequence_seconds) \
+                        f"{config.cache_dir}{stopped}. Train first (leave out -e 0), or write "
+                        f"pieces without a network: --steer join.")
+    seed_wavs = read_seed_wavs(config.seed_wavs, config.frames, config.sequence_seconds) \
         if config.seed_wavs else None
     cache = prepare_cache(config.dataset_dir, config.cache_dir, config.frames)
+    rng = seeded_randomness(config)
+    if config.epochs > 0:
+        network, metadata = train_network(config, cache, latest, rng)
+    else:
+        path, metadata = checkpoint[:2]
+        say(f"Device: {describe_device()}.")
+        say(f"Generating from {path}, trained for {metadata['epochs_done']} epoch(s).")
+        network = Network(load_checkpoint_model(path), Normalisation(*checkpoint[2:]))
+    with disk_space_for_pieces(config):
+        return compose(config, NetworkChoice(network), cache, rng, seed_wavs, metadata)
+
+
+def walk_from_folder(config):
+    """--steer join: the pieces chosen by the join alone, from the cache; no network is trained
+    or read (the checkpoints are left as they are)."""
+    say("--steer join: no network is trained or read; each piece walks the recordings of your "
+        "music, jumping where the join is best.")
+    seed_wavs = read_seed_wavs(config.seed_wavs, config.frames, config.sequence_seconds) \
+        if config.seed_wavs else None
+    cache = prepare_cache(config.dataset_dir, config.cache_dir, config.frames)
+    rng = np.random.default_rng(config.random_seed)
+    with disk_space_for_pieces(config):
+        return compose(config, JoinAlone(cache.normalisation), cache, rng, seed_wavs)
+
+
+def seeded_randomness(config):
+    """A NumPy generator, with Keras's randomness seeded too when --random-seed is given."""
     keras = import_keras()
     if config.random_seed is not None:
         keras.utils.set_random_seed(config.random_seed)
-    rng = np.random.default_rng(config.random_seed)
-    devices = replica_devices(config.gpus) if config.epochs > 0 else []
+    return np.random.default_rng(config.random_seed)
+
+
+def train_network(config, cache, latest, rng):
+    """Train (on every GPU asked for), plot the loss curve, and return the trained Network (its
+    last checkpoint's) and its metadata."""
+    devices = replica_devices(config.gpus)
     say(f"Device: {describe_device(devices)}.")
-    if config.epochs > 0:
-        with training_scope(devices):
-            model, metadata = prepare_model(config, cache, latest)
-            say(f"Model: {model.count_params():,} parameters (-n {config.hidden_neurons} "
-                f"-l {config.hidden_layers}).")
-            model = train(model, cache, metadata, config, rng, replicas=max(len(devices), 1))
-        if devices:  # generation steps one frame at a time: one device, the saved weights
-            model = load_checkpoint_model(config.cache_dir / CHECKPOINT_NAME)
-        metadata, mean, std = read_checkpoint_metadata(config.cache_dir / CHECKPOINT_NAME)
-        if config.plots:
-            with disk_space_for(config.cache_dir, "the loss curve", "-t/--traindata-folder-path"):
-                curve = plot_loss_curve(metadata["history"], config.cache_dir / "loss.png")
-            say(f"Loss curve: {curve}")
-    else:
-        path, metadata, mean, std = checkpoint
-        say(f"Generating from {path}, trained for {metadata['epochs_done']} epoch(s).")
+    with training_scope(devices):
+        model, metadata = prepare_model(config, cache, latest)
+        say(f"Model: {model.count_params():,} parameters (-n {config.hidden_neurons} "
+            f"-l {config.hidden_layers}).")
+        model = train(model, cache, metadata, config, rng, replicas=max(len(devices), 1))
+    path = config.cache_dir / CHECKPOINT_NAME
+    if devices:  # generation steps one frame at a time: one device, the saved weights
         model = load_checkpoint_model(path)
-    with disk_space_for(Path(config.output_name).resolve().parent, "the pieces, their reports "
-                        "and spectrograms", "-o/--output-music-name",
-                        output_bytes(config.seconds + 2 * bool(config.seed_wavs),
-                                     config.num_pieces)):
-        page = compose(model, cache, config, mean, std, rng, seeds, metadata)
-    return page
+    metadata, mean, std = read_checkpoint_metadata(path)
+    if config.plots:
+        with disk_space_for(config.cache_dir, "the loss curve", "-t/--traindata-folder-path"):
+            curve = plot_loss_curve(metadata["history"], config.cache_dir / "loss.png")
+        say(f"Loss curve: {curve}")
+    return Network(model, Normalisation(mean, std)), metadata
+
+
+def disk_space_for_pieces(config):
+    return disk_space_for(Path(config.output_name).resolve().parent, "the pieces, their reports "
+                          "and spectrograms", "-o/--output-music-name",
+                          output_bytes(config.seconds + 2 * bool(config.seed_wavs),
+                                       config.num_pieces))
 
 
 def main(argv=None):

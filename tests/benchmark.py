@@ -209,7 +209,7 @@ def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind,
     length = tool.sequence_length(cache.file_starts, tool.SEQUENCE_SECONDS)  # as compose()'s
     seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, rng, length)
     head = tool.head_of(model)
-    real = tool.RealFrames(cache, cache.mean, cache.std)
+    real = tool.RealFrames(cache, cache.normalisation)
     fold = tool.output_fold(tool.make_synthesis(kind, pieces, way, real), head)  # as compose()'s
     step = tool.compile_step(model, fold=fold)
     started = time.perf_counter()
@@ -218,8 +218,8 @@ def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind,
     compile_seconds = time.perf_counter() - started
     setup_seconds = 0.0
     errors, music_frames = None, None
-    if kind == "magnitude" or head.name == "mixture":  # as sound_pieces() does
-        with_errors = head.name != "mixture"
+    if kind == "magnitude" or not head.uses_errors:  # as NetworkChoice.predict_next() does
+        with_errors = head.uses_errors
         tool.prediction_errors(model, cache, rng, with_errors=with_errors)  # traces once
         started = time.perf_counter()
         errors, music_frames = tool.prediction_errors(model, cache, rng, with_errors=with_errors)
@@ -231,16 +231,19 @@ def generation_seconds(tool, model, cache, pieces, seconds, repeats, work, kind,
             path.unlink(missing_ok=True)
         predict_next = tool.make_step_function(model, pieces, step)  # fresh states
         synthesis = tool.make_synthesis(kind, pieces, way, real)
-        if postfilter:  # as sound_pieces() does with --postfilter
-            synthesis.postfilter = tool.Sharpening(tool.Postfilter.from_music(
-                tool.denormalise(music_frames, cache.mean, cache.std)), cache.mean, cache.std)
-            predict_next = synthesis.postfilter.watch(predict_next)
+        sharpening = None
+        if postfilter:  # as NetworkChoice.predict_next() does with --postfilter
+            sharpening = tool.Sharpening(tool.Postfilter.from_music(
+                cache.normalisation.denormalise(music_frames)), cache.normalisation)
+            synthesis.sharpen_with(sharpening)
         if music_frames is not None:
             predict_next = head.sampling(predict_next, tool.folded_errors(errors, fold),
-                                         tool.SAMPLING[kind]["temperature"], rng)
-        synthesis.prime(tool.denormalise(seeds, cache.mean, cache.std))
+                                         tool.SAMPLING[kind]["temperature"], rng,
+                                         sharpening.watch if sharpening else None)
+        raw_seeds = tool.Seeds(cache.normalisation.denormalise(seeds), ["a clip"] * pieces)
+        synthesis.prime(raw_seeds.frames)
         predict_next = synthesis.steer(predict_next, music_frames if kind == "magnitude" else None)
-        tool.write_pieces(predict_next, seeds, cache.mean, cache.std, seconds, paths, synthesis)
+        tool.write_pieces(predict_next, raw_seeds, cache.normalisation, synthesis, paths, seconds)
 
     return median_time(generate, repeats), compile_seconds, setup_seconds
 
@@ -278,7 +281,7 @@ def grain_workload(music, cache_folder, pieces=10, frames=40):
     tool = load_tool()
     cache = tool.prepare_cache(music, cache_folder)
     synthesis = tool.make_synthesis("magnitude", pieces, "grains",
-                                    tool.RealFrames(cache, cache.mean, cache.std))
+                                    tool.RealFrames(cache, cache.normalisation))
     synthesis.prime(tool.denormalise(np.repeat(cache.frames[None, :4], pieces, axis=0),
                                      cache.mean, cache.std))
     rng = np.random.default_rng(0)

@@ -188,7 +188,7 @@ def held_out_figures(tool, train_folder, run_folder, held_out, frames):
     raw_frames = tool.frames_from_audio(audio, frames)
     rebuilt = np.concatenate([synthesis.push(frame[None])[0] for frame in raw_frames])
     rebuilt = rebuilt[synthesis.overlap // 2 :][: len(audio)]  # windows are centred on blocks
-    real = tool.RealFrames(cache, cache.mean, cache.std)
+    real = tool.RealFrames(cache, cache.normalisation)
     nearest = np.concatenate([real.nearest(raw_frames[start : start + 64])
                               for start in range(0, len(raw_frames), 64)])
     return ({**tool.measure_piece(audio, cache.reference),

@@ -168,7 +168,7 @@ def test_a_jump_between_copies_of_a_drum_loop_keeps_the_grid(mc, tmp_path):
     write_int16(music / "b.wav", drum_loop(12.0, 0.27, seed=1, marker_hz=660.0))  # 0.17 s later
     cache = mc.prepare_cache(music, tmp_path / "cache")
     assert np.isfinite(cache.beats).all()
-    real = mc.RealFrames(cache, cache.mean, cache.std)
+    real = mc.RealFrames(cache, cache.normalisation)
     synthesis = mc.make_synthesis("magnitude", 1, "grains", real)
     start = 8  # the seed ends at frame 8 of a.wav; then the network "wants" b.wav
     synthesis.prime(mc.denormalise(cache.frames[None, start - 4 : start], cache.mean, cache.std))

@@ -140,7 +140,7 @@ def test_the_index_is_the_frames_projected_on_orthonormal_axes(mc, cache):
                                atol=5e-3)
     np.testing.assert_allclose(cache.codes, np.asarray(cache.frames) @ cache.components.T,
                                rtol=1e-3, atol=1e-2)
-    real = mc.RealFrames(cache, cache.mean, cache.std)
+    real = mc.RealFrames(cache, cache.normalisation)
     raw = mc.denormalise(cache.frames[[3, 20, 40]], cache.mean, cache.std)
     np.testing.assert_array_equal(real.nearest(raw), [3, 20, 40])
 
@@ -187,13 +187,14 @@ def mc_denormalise(frames, real):
 
 
 def write_grains(mc, cache, tmp_path, predict_next, seconds, copy_limit, start=2):
-    real = mc.RealFrames(cache, cache.mean, cache.std)
+    real = mc.RealFrames(cache, cache.normalisation)
     synthesis = mc.make_synthesis("magnitude", 1, "grains", real, copy_limit)
-    seeds = cache.frames[None, start : start + mc.WINDOW_FRAMES]
-    synthesis.prime(mc.denormalise(seeds, cache.mean, cache.std))
+    seeds = mc.Seeds(mc.denormalise(cache.frames[None, start : start + mc.WINDOW_FRAMES],
+                                    cache.mean, cache.std), ["a clip"])
+    synthesis.prime(seeds.frames)
     path = tmp_path / "g-0.wav"
-    mc.write_pieces(synthesis.steer(predict_next(real)), np.asarray(seeds), cache.mean, cache.std,
-                    seconds, [path], synthesis)
+    mc.write_pieces(synthesis.steer(predict_next(real)), seeds, cache.normalisation, synthesis,
+                    [path], seconds)
     return synthesis, wavfile.read(path)[1] / 32767.0
 
 
@@ -260,15 +261,14 @@ def test_the_copy_guard_holds_on_a_model_that_memorised_its_music(mc, cache, tmp
 def test_grains_continue_a_seed_wav_with_a_crossfade(mc, cache, tmp_path):
     cache, _ = cache
     prefix = tone(2.0, 330.0, amplitude=0.3)
-    real = mc.RealFrames(cache, cache.mean, cache.std)
+    real = mc.RealFrames(cache, cache.normalisation)
     synthesis = mc.make_synthesis("magnitude", 1, "grains", real)
     raw_seed = mc.seed_frames(prefix, "magnitude")[None]
     synthesis.prime(raw_seed)
     synthesis.prime_with_audio(prefix[None, -mc.WINDOW_SIZE:])
     path = tmp_path / "s-0.wav"
-    mc.write_pieces(synthesis.steer(memorised(cache, real)),
-                    mc.normalise(raw_seed, cache.mean, cache.std), cache.mean, cache.std, 3,
-                    [path], synthesis, [prefix])
+    mc.write_pieces(synthesis.steer(memorised(cache, real)), mc.Seeds(raw_seed, ["a seed"], [prefix]),
+                    cache.normalisation, synthesis, [path], 3)
     samples = wavfile.read(path)[1] / 32767.0
     assert len(samples) == 5 * RATE
     unchanged = len(prefix) - mc.BLOCK_SIZE
@@ -296,7 +296,7 @@ def test_grains_never_choose_silence(mc, tmp_path):
     assert levels.shape == (len(cache.frames),)
     silent = np.flatnonzero(levels < cache.rms_db - mc.SILENCE_BELOW_MUSIC_DB)
     assert len(silent) >= 8  # the 3 s gap, less the windows that reach into the music
-    real = mc.RealFrames(cache, cache.mean, cache.std)
+    real = mc.RealFrames(cache, cache.normalisation)
     quiet = np.asarray(cache.frames[silent[len(silent) // 2]])
     synthesis = mc.make_synthesis("magnitude", 1, "grains", real)
     synthesis.prime(mc.denormalise(cache.frames[None, :4], cache.mean, cache.std))
@@ -313,7 +313,7 @@ def test_grains_never_choose_silence(mc, tmp_path):
 
 def test_spectra_note_the_nearest_real_frames(mc, cache, tmp_path):
     cache, _ = cache
-    real = mc.RealFrames(cache, cache.mean, cache.std)
+    real = mc.RealFrames(cache, cache.normalisation)
     synthesis = mc.make_synthesis("magnitude", 1, "spectra", real)
     frames = mc.denormalise(cache.frames[[7, 8, 9, 30]], cache.mean, cache.std)
     for frame in frames:
@@ -330,7 +330,7 @@ def test_a_step_with_the_index_folded_in_chooses_as_the_full_one(mc, cache, dtyp
     model = mc.build_model(mc.NUM_FEATURES, 8, 2)
     head = mc.head_of(model)
     # The network's normalisation differs from the cache's, as when the music changed.
-    real = mc.RealFrames(cache, cache.mean * 0.9 + 0.1, cache.std * 1.1)
+    real = mc.RealFrames(cache, mc.Normalisation(cache.mean * 0.9 + 0.1, cache.std * 1.1))
     errors = np.random.default_rng(0).normal(size=(6, mc.NUM_FEATURES)).astype(np.float32)
     seeds = np.stack([cache.frames[start : start + mc.WINDOW_FRAMES] for start in (2, 20)])
     outputs, choices = {}, {}
@@ -432,7 +432,7 @@ def test_a_seed_joins_the_music_its_own_piece_chooses_from(mc, cache, tmp_path):
     np.testing.assert_allclose(music.grain(stop - 3), audio[-mc.WINDOW_SIZE - 2 * mc.BLOCK_SIZE :
                                                             -2 * mc.BLOCK_SIZE], atol=1e-4)
     # Its frames are indexed as the cache's: the nearest frame to the seed's last is that frame.
-    real = mc.RealFrames(music, cache.mean, cache.std)
+    real = mc.RealFrames(music, cache.normalisation)
     assert real.nearest(seeds.frames[:, -1])[0] == stop - 1
     length = (stop - first) * mc.BLOCK_SIZE + mc.BLOCK_SIZE - mc.BLOCK_SIZE // 2
     third = mc.frames_from_audio(audio[-length:], "magnitude")[2]
@@ -448,7 +448,7 @@ def test_a_piece_plays_its_seed_within_the_guard_and_never_another_piece_s_seed(
     seeds = seeds_of(mc, tmp_path, [tone(8.0, 330.0, amplitude=0.3),
                                      tone(8.0, 415.3, amplitude=0.3)])
     music, ranges = mc.with_seed_music(cache, seeds)
-    real = mc.RealFrames(music, cache.mean, cache.std)
+    real = mc.RealFrames(music, cache.normalisation)
     synthesis = mc.make_synthesis("magnitude", 2, "grains", real, 1.0, ranges)
     synthesis.prime(seeds.frames)
     synthesis.prime_with_audio(seeds.endings)

@@ -250,11 +250,12 @@ def test_write_pieces_with_a_known_predictor(mc, tmp_path):
     """A constant frame whose inverse FFT is a known block ends up, scaled, in every WAV."""
     block = (0.5 * np.sin(2 * np.pi * 441 * np.arange(mc.BLOCK_SIZE) / 44_100)).astype(np.float32)
     target = mc.frames_from_blocks(block[None])[0]
-    mean, std = np.zeros(mc.NUM_FEATURES, np.float32), np.ones(mc.NUM_FEATURES, np.float32)
+    identity = mc.Normalisation(np.zeros(mc.NUM_FEATURES, np.float32),
+                                np.ones(mc.NUM_FEATURES, np.float32))
     paths = [tmp_path / "p-0.wav", tmp_path / "p-1.wav"]
-    mc.write_pieces(lambda frames: np.tile(target, (len(frames), 1)),
-                    np.zeros((2, 4, mc.NUM_FEATURES), np.float32), mean, std, 2, paths,
-                    mc.PlainSynthesis())
+    seeds = mc.Seeds(np.zeros((2, 4, mc.NUM_FEATURES), np.float32), ["zeros", "zeros"])
+    mc.write_pieces(lambda frames: np.tile(target, (len(frames), 1)), seeds, identity,
+                    mc.PlainSynthesis(), paths, 2)
     from scipy.io import wavfile
     for path in paths:
         rate, samples = wavfile.read(path)
@@ -270,11 +271,12 @@ def test_write_pieces_after_a_prefix(mc, tmp_path, kind):
     synthesis = mc.make_synthesis(kind, 1)
     synthesis.prime_with_audio(prefix[None, -mc.WINDOW_SIZE:])
     frame = mc.frames_from_audio(prefix, kind)[4]
-    mean, std = np.zeros(mc.NUM_FEATURES, np.float32), np.ones(mc.NUM_FEATURES, np.float32)
+    identity = mc.Normalisation(np.zeros(mc.NUM_FEATURES, np.float32),
+                                np.ones(mc.NUM_FEATURES, np.float32))
     path = tmp_path / "p-0.wav"
-    mc.write_pieces(lambda frames: np.tile(frame, (len(frames), 1)),
-                    np.zeros((1, 4, mc.NUM_FEATURES), np.float32), mean, std, 3, [path],
-                    synthesis, [prefix])
+    seeds = mc.Seeds(np.zeros((1, 4, mc.NUM_FEATURES), np.float32), ["zeros"], [prefix])
+    mc.write_pieces(lambda frames: np.tile(frame, (len(frames), 1)), seeds, identity, synthesis,
+                    [path], 3)
     from scipy.io import wavfile
     _, samples = wavfile.read(path)
     assert len(samples) == (2 + 3) * 44_100

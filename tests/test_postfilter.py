@@ -69,7 +69,8 @@ def test_the_prediction_is_sharpened_when_sounded_and_fed_back_unchanged(mc, mus
     smeared = gaussian_filter1d(real, 3, axis=-1)  # a blurred prediction: sharpened
     flat = np.full_like(real, -2.0)  # a prediction without detail: nothing to sharpen
     predictions = iter([mc.normalise(smeared, mean, std), mc.normalise(flat, mean, std)])
-    sharpening = mc.Sharpening(mc.Postfilter.from_music(music_frames[:60]), mean, std)
+    sharpening = mc.Sharpening(mc.Postfilter.from_music(music_frames[:60]),
+                               mc.Normalisation(mean, std))
     predict_next = sharpening.watch(lambda frames: next(predictions))
     np.testing.assert_array_equal(sharpening(real), real)  # a seed: nothing pending
     first, second = predict_next(None), predict_next(None)  # as the audio thread lags one
