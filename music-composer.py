@@ -2211,12 +2211,35 @@ def read_checkpoint_metadata(path):
             std = np.load(io.BytesIO(archive.read("std.npy")), allow_pickle=False)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise UserError(f"The checkpoint {path} is damaged or was not written by this tool "
-                        f"({error}). Move it away to start a new model, or pass another folder "
-                        f"with -t/--traindata-folder-path; it was left untouched.") from None
+                        f"({error}); it was left untouched. {how_to_go_on(path)}") from None
     if metadata.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"The checkpoint {path} has format version {metadata.get('version')}, "
                         f"this tool reads version {CHECKPOINT_VERSION}. Move it away to start anew.")
     return metadata, mean, std
+
+
+def how_to_go_on(damaged):
+    """What to do about a damaged checkpoint: go on from an intact model-best.keras beside it
+    (named with its epoch and loss, and the one command that does it), or start anew."""
+    best = Path(damaged).with_name(BEST_CHECKPOINT_NAME)
+    fresh = ("Move it away to start a new model, or pass another folder with "
+             "-t/--traindata-folder-path.")
+    if Path(damaged).name == BEST_CHECKPOINT_NAME or not best.exists():
+        return fresh
+    try:
+        with zipfile.ZipFile(best) as archive:
+            if archive.testzip() is not None:  # every member read back against its checksum
+                return fresh
+        metadata, _, _ = read_checkpoint_metadata(best)
+    except (OSError, zipfile.BadZipFile, UserError):
+        return fresh
+    import shlex
+
+    loss = metadata.get("best_val_loss")
+    return (f"{best} beside it is intact (epoch {metadata.get('epochs_done')}"
+            + (f", val_loss {loss:.4f}" if loss is not None else "") + "). To go on from there, "
+            f"copy it over the damaged one: cp {shlex.quote(str(best))} "
+            f"{shlex.quote(str(damaged))}, then run again. Or: {fresh[0].lower()}{fresh[1:]}")
 
 
 def checkpoint_frames(metadata):
@@ -2298,8 +2321,8 @@ def load_checkpoint_model(path):
     try:
         model = keras.saving.load_model(path, safe_mode=True)
     except Exception as error:  # Keras raises many kinds for a damaged file
-        raise UserError(f"Could not load the model in {path} ({type(error).__name__}: {error}). "
-                        f"Move it away to start a new model; it was left untouched.") from None
+        raise UserError(f"Could not load the model in {path} ({type(error).__name__}: {error}); "
+                        f"it was left untouched. {how_to_go_on(path)}") from None
     return use_fastest_lstm_kernel(use_precision(model, "float32"), gpu_available())
 
 
@@ -4097,7 +4120,8 @@ PAGE_STYLE = """body { font-family: sans-serif; max-width: 60em; margin: 1em aut
 section { border-top: 1px solid #ccc; margin-top: 1.5em; }
 img { max-width: 100%; height: auto; }
 table { border-collapse: collapse; } td, th { padding: 0.2em 0.6em; text-align: left; }
-tr.far td { background: #fde4c8; } .mark { color: #b35900; font-weight: bold; }
+td.far { background: #fde4c8; } tr.music td { font-style: italic; background: #f3f3f3; }
+div.wide { overflow-x: auto; } table.summary td, table.summary th { font-size: 90%; }
 code { background: #f3f3f3; padding: 0 0.2em; }"""
 EXCERPT_SECONDS = 6.0  # of the training music, on the page, to compare by ear
 
@@ -4110,21 +4134,43 @@ def shown_figure(value, spec, unit):
     return "too short" if missing(value) else format(value, spec) + unit
 
 
-def figure_rows(report):
-    """The page's table rows of one report: each figure beside the music's, marked when far."""
-    rows = []
-    for key, name, music_key, spec, unit, meaning, far in PAGE_FIGURES:
-        if key not in report:
-            continue
-        value, music = report[key], report.get(music_key) if music_key else None
-        is_far = (far is not None and not missing(value)
-                  and (music_key is None or not missing(music)) and far(value, music))
-        mark = ' <span class="mark">far from the music</span>' if is_far else ""
-        rows.append(f'<tr class="{"far" if is_far else "near"}"><td>{html.escape(name)}{mark}</td>'
-                    f'<td data-key="{key}">{shown_figure(value, spec, unit)}</td>'
-                    f'<td>{"" if music_key is None else shown_figure(music, spec, unit)}</td>'
-                    f"<td>{html.escape(meaning)}</td></tr>")
-    return rows
+def plural(count, word):
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def figure_cell(report, key, music_key, spec, unit, far):
+    """One figure of a report as a table cell, marked when far from the music's."""
+    value, music = report[key], report.get(music_key) if music_key else None
+    is_far = (far is not None and not missing(value)
+              and (music_key is None or not missing(music)) and far(value, music))
+    marked = ' class="far"' if is_far else ""
+    return (f'<td data-key="{key}"{marked}>{shown_figure(value, spec, unit)}'
+            f"{'*' if is_far else ''}</td>")
+
+
+def summary_table(pieces):
+    """One row per piece, the music's on top, a column per figure the reports hold; a figure
+    far from the music's is marked (shaded, and a star). Below it, what each figure means."""
+    figures = [figure for figure in PAGE_FIGURES
+               if any(figure[0] in piece.report for piece in pieces)]
+    first = pieces[0].report
+    header = "".join(f"<th>{html.escape(name)}</th>" for _, name, *_ in figures)
+    music = "".join(f"<td>{shown_figure(first.get(music_key), spec, unit)}</td>"
+                    if music_key else "<td></td>"
+                    for _, _, music_key, spec, unit, _, _ in figures)
+    rows = [f'<tr data-piece="{html.escape(piece.path.stem, quote=True)}"><td><a href="#'
+            f'{html.escape(piece.path.stem, quote=True)}">{html.escape(piece.path.name)}</a></td>'
+            + "".join(figure_cell(piece.report, key, music_key, spec, unit, far)
+                      if key in piece.report else "<td></td>"
+                      for key, _, music_key, spec, unit, _, far in figures) + "</tr>"
+            for piece in pieces]
+    meanings = "".join(f"<li><b>{html.escape(name)}</b>: {html.escape(meaning)}</li>"
+                       for _, name, _, _, _, meaning, _ in figures)
+    return "\n".join([
+        '<div class="wide"><table class="summary">', f"<tr><th>piece</th>{header}</tr>",
+        f'<tr class="music"><td>the music</td>{music}</tr>', *rows, "</table></div>",
+        "<p>Each figure is measured on the new music only; * marks one far from the "
+        "music's.</p>", f"<ul>{meanings}</ul>"])
 
 
 def relative_link(path, page):
@@ -4132,7 +4178,7 @@ def relative_link(path, page):
                        .as_posix(), quote=True)
 
 
-def piece_section(piece, page, config):
+def piece_section(piece, page, plan):
     seed = (f" The first {piece.seed_end:g} s are your own file; the continuation starts at "
             f"0:{piece.seed_end:02.0f}, where the spectrogram's dashed line is."
             if piece.seed_end else "")
@@ -4141,16 +4187,16 @@ def piece_section(piece, page, config):
         f'<section id="{html.escape(piece.path.stem, quote=True)}">',
         f"<h3>{html.escape(piece.path.name)}</h3>",
         f"<p>{html.escape(piece.origin)}; {piece.report['seconds']:g} s of new music, sounded "
-        f"as {config.synthesis}.{html.escape(seed)}</p>",
+        f"as {plan.synthesis}.{html.escape(seed)}</p>",
         f'<p><audio controls="controls" preload="metadata" '
         f'src="{relative_link(piece.path, page)}"></audio></p>',
         f'<p><img src="{relative_link(picture, page)}" alt="spectrogram of '
         f'{html.escape(piece.path.name, quote=True)}" /></p>' if picture.exists() else "",
-        "<table><tr><th>figure</th><th>this piece</th><th>the music</th><th>what it means</th>"
-        "</tr>", *figure_rows(piece.report), "</table>", "</section>"])
+        "</section>"])
 
 
 def page_html(config, cache, metadata, pieces, page, excerpt):
+    plan = GenerationPlan.from_config(config)
     """The whole page, well-formed XHTML: nothing from the network, the pieces, their pictures
     and the excerpt by relative paths (the page's own folder), the loss curve inside it."""
     import base64
@@ -4170,34 +4216,36 @@ def page_html(config, cache, metadata, pieces, page, excerpt):
         '<meta charset="utf-8" />',
         f"<title>music-composer: {html.escape(page.stem)}</title>",
         f"<style>{PAGE_STYLE}</style></head><body>",
-        f"<h1>{len(pieces)} piece(s) by music-composer</h1>",
+        f"<h1>{plural(len(pieces), 'piece')} by music-composer</h1>",
         f"<p>Made by <code>{html.escape(shlex.join(['python3', *sys.argv]))}</code> on "
         f"{time.strftime('%Y-%m-%d %H:%M')}.</p>",
         "<h2>The run</h2><ul>",
         f"<li>The model: {model}.</li>" if model else "",
         f"<li>The training music: {len(cache.file_names)} file(s), {seconds / 60:.1f} min "
         f"({html.escape(names)}); level {cache.reference.rms_db:.1f} dB.</li>",
-        f"<li>Sounded as {config.synthesis}, temperature {config.temperature:g}"
-        + (f", at most {config.copy_limit:g} s of your music verbatim"
-           if config.synthesis == "grains" else "") + ".</li></ul>",
+        f"<li>Sounded as {plan.synthesis}, "
+        + ("chosen by the join alone, no network" if plan.steer == "join"
+           else f"temperature {plan.temperature:g}")
+        + (f", at most {plan.copy_limit:g} s of your music verbatim"
+           if plan.synthesis == "grains" else "") + ".</li></ul>",
         f'<p>A few seconds of the training music, to compare by ear: <audio controls="controls" '
         f'preload="metadata" src="{relative_link(excerpt, page)}"></audio></p>'
         if excerpt else "",
         f'<p><img src="data:image/png;base64,{base64.b64encode(loss.read_bytes()).decode()}" '
         f'alt="the loss curve" /></p>' if loss.exists() else "",  # in the page: -t is elsewhere
-        "<h2>The pieces</h2>",
-        "<p>Each figure is measured on the new music only, beside the training music's; a "
-        "figure far from the music's is marked.</p>",
-        *(piece_section(piece, page, config) for piece in pieces), "</body></html>", ""])
+        "<h2>The pieces</h2>", summary_table(pieces),
+        *(piece_section(piece, page, plan) for piece in pieces), "</body></html>", ""])
 
 
 def page_paths(output_name):
-    """NAME.html and NAME-music.wav (its excerpt of the training music), or the next free
-    NAME-run-K pair: an earlier run's page is never overwritten."""
+    """NAME.html and NAME.music-excerpt.wav (its excerpt of the training music), or the next
+    free NAME-run-K.html and NAME.music-excerpt-K.wav: an earlier run's page is never
+    overwritten, and no NAME-*.wav, the pieces' own pattern, names a piece of the music."""
     index = 1
     while True:
         stem = output_name if index == 1 else f"{output_name}-run-{index}"
-        page, excerpt = Path(f"{stem}.html"), Path(f"{stem}-music.wav")
+        number = "" if index == 1 else f"-{index}"
+        page, excerpt = Path(f"{stem}.html"), Path(f"{output_name}.music-excerpt{number}.wav")
         if not (os.path.lexists(page) or os.path.lexists(excerpt)):
             return page, excerpt
         index += 1
@@ -4316,7 +4364,7 @@ def remove_leftovers(cache_dir, output_name):
     import re
 
     output = Path(output_name)
-    for path in output.parent.glob(f".{output.name}-*"):  # WAV, picture and report temporaries
+    for path in output.parent.glob(f".{output.name}[-.]*"):  # WAV, picture, report temporaries
         match = re.search(r"\.(?:partial|tmp)-(\d+)(?:\.png)?$", path.name)
         if match and not process_is_alive(int(match.group(1))):
             path.unlink(missing_ok=True)

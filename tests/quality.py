@@ -197,15 +197,17 @@ def held_out_figures(tool, train_folder, run_folder, held_out, frames):
 
 
 # -----------------------------------------------------------------------------
-# Can the pieces be told from the music? A classifier on 3-s stretches
+# Can the pieces be told from the music? A classifier on 3-s stretches, and on 10-s ones (where
+# a network that remembers 8 s should beat a walk that remembers nothing)
 
 STRETCH_SECONDS = 3
+LONG_STRETCH_SECONDS = 10
 
 
-def stretch_features(tool, audio):
-    """(stretches, features): each 3-s stretch's log-mel mean and spread per band, and the mean,
+def stretch_features(tool, audio, seconds=STRETCH_SECONDS):
+    """(stretches, features): each stretch's log-mel mean and spread per band, and the mean,
     spread and 90th percentile of its onset envelope (how its notes start and its joins show)."""
-    filters, size = tool.mel_filterbank(), STRETCH_SECONDS * RATE
+    filters, size = tool.mel_filterbank(), seconds * RATE
     rows = []
     for start in range(0, len(audio) - size + 1, size):
         mel = tool.log_mel_frames(audio[start : start + size], filters)
@@ -215,34 +217,36 @@ def stretch_features(tool, audio):
     return np.array(rows)
 
 
-def music_stretches(tool, train_folder, count, seed=0):
-    """`count` random 3-s stretches of the training music, from its WAV files."""
+def music_stretches(tool, train_folder, count, seed=0, seconds=STRETCH_SECONDS):
+    """`count` random stretches of the training music, from its WAV files."""
     rng = np.random.default_rng(seed)
     audios = [tool.read_wav(path)[0] for path in sorted(train_folder.glob("*.wav"))]
-    audios = [audio for audio in audios if len(audio) > STRETCH_SECONDS * RATE]
+    audios = [audio for audio in audios if len(audio) > seconds * RATE]
     stretches = []
     for _ in range(count):
         audio = audios[rng.integers(len(audios))]
-        start = rng.integers(len(audio) - STRETCH_SECONDS * RATE)
-        stretches.append(audio[start : start + STRETCH_SECONDS * RATE])
-    return stretch_features(tool, np.concatenate(stretches))
+        start = rng.integers(len(audio) - seconds * RATE)
+        stretches.append(audio[start : start + seconds * RATE])
+    return stretch_features(tool, np.concatenate(stretches), seconds)
 
 
-def told_apart(tool, audios, train_folder):
-    """How often a classifier tells 3-s stretches of `audios` from as many of the training
-    music: the better of a logistic regression and a random forest, cross-validated (5 folds).
-    0.5 is chance: it cannot tell them apart."""
+def told_apart(tool, audios, train_folder, seconds=STRETCH_SECONDS):
+    """How often a classifier tells stretches of `audios` from as many of the training music:
+    the better of a logistic regression and a random forest, cross-validated (5 folds; fewer
+    when there are few stretches). 0.5 is chance: it cannot tell them apart."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    pieces = np.concatenate([stretch_features(tool, audio) for audio in audios])
-    music = music_stretches(tool, train_folder, len(pieces))
+    pieces = np.concatenate([stretch_features(tool, audio, seconds) for audio in audios])
+    if len(pieces) < 2:
+        return float("nan")
+    music = music_stretches(tool, train_folder, len(pieces), seconds=seconds)
     features = np.concatenate([pieces, music])
     labels = np.r_[np.ones(len(pieces)), np.zeros(len(music))]
-    folds = StratifiedKFold(5, shuffle=True, random_state=0)
+    folds = StratifiedKFold(min(5, len(pieces)), shuffle=True, random_state=0)
     return max(float(np.mean(cross_val_score(model, features, labels, cv=folds)))
                for model in (make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
                              RandomForestClassifier(200, random_state=0)))
@@ -322,7 +326,8 @@ def continuation_rows(tool, args, train_folder, run_folder, held_out, frames, ra
                                        train_folder, reference)),
             "random seeds": medians(following(tool, random_pieces, truths, train_folder,
                                               reference))}
-    for label, flags in (("grains", "--synthesis grains"), ("spectra", "--synthesis spectra")):
+    for label, flags in (("grains", "--synthesis grains"), ("spectra", "--synthesis spectra"),
+                         ("walk", "--steer join")):
         name = f"continue-{label}"
         reports, _ = run_tool(train_folder, run_folder, frames, args,
                               variant=(name, f"{flags} --seed-wav {' '.join(map(str, seeds))}"))
@@ -399,6 +404,20 @@ def summary(reports, held_out_pair, seconds):
                                  and r.get("verbatim_2s_share", 1) <= 0.25 for r in reports)}}
 
 
+def mark_matched_walk(results, name, frames):
+    """The walk row whose copying is nearest the network's (the default row): the share of time
+    in verbatim stretches of 2 s or more, then the longest stretch. That row is the control the
+    network's figures are read against (matched: true)."""
+    network = results.get((name, frames, "default"))
+    walks = [key for key in results if key[:2] == (name, frames) and key[2].startswith("walk")]
+    if network is None or not walks:
+        return
+    nearest = min(walks, key=lambda key: (
+        abs(results[key]["verbatim_2s_share"] - network["verbatim_2s_share"]),
+        abs(results[key]["longest_verbatim_s"] - network["longest_verbatim_s"])))
+    results[nearest]["matched"] = True
+
+
 def print_table(results):
     print(f"\nTargets for {PIECE_SECONDS}-s pieces: {TARGETS}. Medians over the pieces; "
           f"'meet' counts the pieces meeting each target.")
@@ -410,11 +429,13 @@ def print_table(results):
           "and share of time in stretches of 2 s or more; pulse and tempo: the beat's strength and "
           "the share of 6-s windows keeping the piece's tempo, piece / music / held-out; told "
           "apart: how often a classifier tells 3-s stretches from the training music, pieces / "
-          "held-out piece (0.5: chance).")
+          "held-out piece (0.5: chance), then 10-s stretches of the pieces. 'walk G s': no "
+          "network (--steer join) with a copy guard of G s; * marks the walk whose copying is "
+          "nearest the network's, the control its row is read against.")
     header = (f"{'set':<11}{'frames':<10}{'sampling':<10}{'music dB':>9}{'first':>7}{'last':>7}"
               f"{'clicks':>7}{'move':>6}{'distance':>9}{'held-out':>9}{'rebuilt':>8}"
               f"{'pitch':>22}{'notes/s':>15}{'structure':>16}{'verbatim':>11}{'pulse':>16}"
-              f"{'tempo':>16}{'told apart':>11}"
+              f"{'tempo':>16}{'told apart 3s 10s':>16}"
               f"  meet (level/fade/clicks/movement/distance/pitch/copy)")
     print(header)
     for (name, frames, label), figures in results.items():
@@ -428,7 +449,9 @@ def print_table(results):
                                                           "held_out_pulse"))
         tempo = "/".join(f"{100 * figures[key]:.0f}" for key in ("tempo_kept", "music_tempo_kept",
                                                                 "held_out_tempo_kept"))
-        told = f"{figures['told_apart']:.2f}/{figures['held_out_told_apart']:.2f}"
+        told = (f"{figures['told_apart']:.2f}/{figures['held_out_told_apart']:.2f} "
+                f"{figures.get('told_apart_10s', float('nan')):.2f}")
+        label = label + ("*" if figures.get("matched") else "")
         structure = "/".join(f"{figures[key]:.2f}" for key in (
             "structure", "music_structure", "held_out_structure"))
         notes = "/".join(f"{figures[key]:.1f}" for key in (
@@ -438,7 +461,7 @@ def print_table(results):
               f"{figures['clicks']:>7}{figures['movement']:>6}"
               f"{figures['spectral_distance']:>9}{figures['held_out_distance']:>9}"
               f"{figures['held_out_rebuilt_distance']:>8}{pitch:>22}{notes:>15}{structure:>16}"
-              f"{verbatim:>11}{pulse:>16}{tempo:>16}{told:>11}  "
+              f"{verbatim:>11}{pulse:>16}{tempo:>16}{told:>16}  "
               f"{meet} of {figures['pieces']}")
 
 
@@ -460,6 +483,10 @@ def main():
     parser.add_argument("--variants", action="append", default=[], metavar="NAME=FLAGS",
                         help="also generate from each trained model with these extra flags, "
                              "e.g. 'grains=--synthesis grains' (generation only, -e 0)")
+    parser.add_argument("--walk-guards", default="1,2,4", metavar="SECONDS",
+                        help="also write pieces with no network (--steer join) at these copy "
+                             "guards, and mark the one whose copying is nearest the network's: "
+                             "the control (default: 1,2,4; '' for none)")
     parser.add_argument("--tool-flags", default="", metavar="FLAGS",
                         help="flags for every run of the tool, training included, e.g. "
                              "'--head average --sequence-seconds 1' (a candidate to compare)")
@@ -515,6 +542,16 @@ def main():
                 else:
                     runs.append((label, *run_tool(train_folder, run_folder, frames, args,
                                                   variant=(label, flags))))
+            if frames == "magnitude":  # the walk sounds grains, which need magnitude frames
+                for guard in filter(None, args.walk_guards.split(",")):
+                    label, walk = f"walk {guard} s", f"walk{guard}"
+                    done = reports_of(run_folder, walk)
+                    if args.report_only or (args.reuse and done):
+                        runs.append((label, done, float("nan")))
+                    else:
+                        runs.append((label, *run_tool(
+                            train_folder, run_folder, frames, args,
+                            variant=(walk, f"--steer join --copy-limit {guard}"))))
             if args.remeasure:
                 reference = tool.prepare_cache(train_folder, run_folder / "train_data",
                                                frames).reference
@@ -535,10 +572,13 @@ def main():
                 figures = summary(reports, held_out_pair, seconds)
                 pieces = [tool.read_wav(run_folder / report["file"])[0] for report in reports]
                 figures.update(told_apart=round(told_apart(tool, pieces, train_folder), 2),
+                               told_apart_10s=round(told_apart(tool, pieces, train_folder,
+                                                               LONG_STRETCH_SECONDS), 2),
                                held_out_told_apart=round(held_out_told, 2))
                 results[(name, frames, label)] = figures
                 print(json.dumps({"set": name, "frames": frames, "sampling": label, **figures}),
                       flush=True)
+            mark_matched_walk(results, name, frames)
     print_table(results)
     settings = {key: getattr(args, key) for key in ("epochs", "neurons", "layers", "pieces",
                                                     "random_seed", "tool_flags")}

@@ -67,7 +67,7 @@ def check_invariants(mc, music, cache, cwd, expected):
         position = mc.read_checkpoint_metadata(midepoch)[0]["midepoch"]
         assert 1 <= position["batches_done"] <= position["batches"]
         assert mc.model_shape(mc.load_checkpoint_model(midepoch)) == (16, 2)
-    for path in cwd.glob("output-[0-9]*.wav"):  # (not the page's output-music.wav)
+    for path in cwd.glob("output-[0-9]*.wav"):  # (not the page's output.music-excerpt.wav)
         rate, samples = wavfile.read(path)
         assert rate == 44_100 and len(samples) == 2 * 44_100, path
 

@@ -28,7 +28,7 @@ def run(tmp_path_factory):
              "--random-seed", "1"]
     first = run_cli(*flags, "-e", "1", "-o", out / "piece", cwd=root)
     assert first.returncode == 0, first.stderr
-    second = run_cli(*flags, "-e", "0", "-o", out / "piece", cwd=root)
+    second = run_cli(*flags, "-e", "0", "-g", "1", "-o", out / "piece", cwd=root)
     assert second.returncode == 0, second.stderr
     return root, out, first, second
 
@@ -37,8 +37,14 @@ def test_every_run_writes_its_own_page_and_says_where(run):
     _, out, first, second = run
     assert f"Listen: {out / 'piece.html'}" in first.stdout
     assert f"Listen: {out / 'piece-run-2.html'}" in second.stdout  # the first page is kept
-    assert (out / "piece-music.wav").exists() and (out / "piece-run-2-music.wav").exists()
+    # The excerpts of the training music are named so that the pieces' pattern finds none.
+    assert (out / "piece.music-excerpt.wav").exists()
+    assert (out / "piece.music-excerpt-2.wav").exists()
+    assert sorted(path.name for path in out.glob("piece-*.wav")) == [
+        "piece-0.wav", "piece-1.wav", "piece-2.wav"]
+    second_page = ET.fromstring((out / "piece-run-2.html").read_bytes())
     assert "piece-2.wav" in (out / "piece-run-2.html").read_text()
+    assert second_page.find(f".//{XHTML}h1").text == "1 piece by music-composer"
 
 
 def test_the_page_is_well_formed_and_offline(run):
@@ -113,15 +119,27 @@ def test_the_page_in_a_real_browser(run, mc):
         assert len(files) >= 6, requests  # the page, 3 players, 2 pictures
         outside = [url for url in files if not url.startswith(out.as_uri() + "/")]
         assert not outside, outside
-        shown = browser.execute_script("""return [...document.querySelectorAll('section')].map(
-            s => [s.id, Object.fromEntries([...s.querySelectorAll('td[data-key]')].map(
-            td => [td.dataset.key, td.textContent]))]);""")
+        title = browser.find_element("tag name", "h1").text
+        first_rows = browser.execute_script("""return [...document.querySelectorAll(
+            'table.summary tr')].slice(0, 3).map(r => r.cells[0].textContent);""")
+        shown = browser.execute_script("""return [...document.querySelectorAll(
+            'table.summary tr[data-piece]')].map(r => [r.dataset.piece, Object.fromEntries(
+            [...r.querySelectorAll('td[data-key]')].map(td => [td.dataset.key,
+            [td.textContent, td.classList.contains('far')]]))]);""")
+        sections = browser.execute_script(
+            "return [...document.querySelectorAll('section')].map(s => s.id);")
     finally:
         browser.quit()
+    # One summary table first: the music's row on top, then a row per piece with every figure
+    # of its report, a star on exactly the cells shaded as far; then each piece's section.
+    assert title == "2 pieces by music-composer"
+    assert first_rows == ["piece", "the music", "piece-0.wav"]  # the header, then
+    assert sections == ["piece-0", "piece-1"]
     specs = {key: (spec, unit) for key, _, _, spec, unit, _, _ in mc.PAGE_FIGURES}
     assert [name for name, _ in shown] == ["piece-0", "piece-1"]
     for name, figures in shown:
         report = json.loads((out / f"{name}.json").read_text())
         assert len(figures) >= 10
-        for key, text in figures.items():
-            assert text == mc.shown_figure(report[key], *specs[key]), (name, key)
+        for key, (text, far) in figures.items():
+            assert text == mc.shown_figure(report[key], *specs[key]) + ("*" if far else ""), \
+                (name, key)

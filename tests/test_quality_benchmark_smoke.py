@@ -12,7 +12,7 @@ from conftest import ROOT
 def test_quality_benchmark_runs_and_summarises_both_kinds(tmp_path):
     command = [sys.executable, str(ROOT / "tests" / "quality.py"), "--sets", "synthetic",
                "--temperatures", "0", "-e", "1", "-n", "8", "-l", "1", "--pieces", "2",
-               "--work", str(tmp_path),
+               "--work", str(tmp_path), "--walk-guards", "1,4",
                # 1 s windows: four times the updates of one epoch of 8 s sequences, so that
                # even one epoch makes frames loud enough to show the joins (below)
                "--tool-flags", "--sequence-seconds 1"]
@@ -21,7 +21,16 @@ def test_quality_benchmark_runs_and_summarises_both_kinds(tmp_path):
     summary = json.loads((tmp_path / "quality.json").read_text())
     rows = {(row["frames"], row["sampling"]): row for row in summary["results"]}
     assert set(rows) == {(frames, sampling) for frames in ("magnitude", "plain")
-                         for sampling in ("default", "T=0")}
+                         for sampling in ("default", "T=0")} | {("magnitude", "walk 1 s"),
+                                                                ("magnitude", "walk 4 s")}
+    # The walk's control is the guard whose copying is nearest the network's.
+    walks = [row for key, row in rows.items() if key[1].startswith("walk")]
+    matched = [row for row in walks if row.get("matched")]
+    network = rows[("magnitude", "default")]
+    assert len(matched) == 1 and abs(matched[0]["verbatim_2s_share"]
+                                     - network["verbatim_2s_share"]) == min(
+        abs(row["verbatim_2s_share"] - network["verbatim_2s_share"]) for row in walks)
+    assert all(row["longest_verbatim_s"] <= 4.0 for row in walks)
     for row in rows.values():
         assert row["pieces"] == 2 and row["music_db"] < 0 and row["clicks"] > 0
         assert row["held_out_distance"] > 0

@@ -392,6 +392,40 @@ def test_a_damaged_checkpoint_is_named_and_left_untouched(mc, music, tmp_path, d
         assert checkpoint.read_bytes() == before
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_damaged_checkpoint_names_an_intact_best_one_and_how_to_go_on(mc, music, tmp_path,
+                                                                          damage):
+    """model.keras damaged, model-best.keras beside it intact: the message names the best one
+    with its epoch and loss and gives the command that goes on from it, and that command works
+    (the run after it trains on from the best epoch)."""
+    cache = tmp_path / "cache"
+    trained = run_cli("-d", music, "-t", cache, "-e", "2", *TINY, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    checkpoint, best = cache / mc.CHECKPOINT_NAME, cache / mc.BEST_CHECKPOINT_NAME
+    metadata, _, _ = mc.read_checkpoint_metadata(best)
+    if damage == "truncated":
+        checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    else:
+        checkpoint.write_bytes(b"not a model at all")
+    result = run_cli("-d", music, "-t", cache, "-e", "0", *TINY, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert (f"{best} beside it is intact (epoch {metadata['epochs_done']}, val_loss "
+            f"{metadata['best_val_loss']:.4f})") in message
+    command = message.split("copy it over the damaged one: ")[1].split(", then run again")[0]
+    assert command == f"cp {best} {checkpoint}"
+    subprocess.run(command, shell=True, check=True)
+    went_on = run_cli("-d", music, "-t", cache, "-e", "1", *TINY, cwd=tmp_path)
+    assert went_on.returncode == 0, went_on.stderr
+    assert f"after epoch {metadata['epochs_done']}." in went_on.stdout
+    # A damaged best one is not offered.
+    best.write_bytes(best.read_bytes()[:1000])
+    checkpoint.write_bytes(b"damaged again")
+    refused = run_cli("-d", music, "-t", cache, "-e", "0", *TINY, cwd=tmp_path)
+    assert refused.returncode == 1 and "beside it is intact" not in refused.stderr
+    assert "Move it away" in refused.stderr
+
+
 def test_models_load_in_safe_mode(mc, tmp_path):
     """A model file that carries code (a Lambda layer) is refused rather than run."""
     keras = mc.import_keras()
