@@ -973,6 +973,8 @@ class GrainSynthesis:
                     self.forbidden[piece, first:stop] = other != piece
 
         self.limit = max(1, int(round(copy_limit * FRAMES_PER_SECOND)))  # frames
+        self.leave_beyond = None  # squared distance: set (NetworkLeaves), the recording goes on
+        # while the prediction is this near its successor, and is left only where it departs
         self.previous = np.full(pieces, -1)  # the last choice (-1: none yet)
         self.run = np.zeros(pieces, int)  # frames played verbatim up to the last choice
         self.shift = np.zeros(pieces)  # samples the current unit's grains are moved by (beat)
@@ -1056,6 +1058,8 @@ class GrainSynthesis:
         phase, period = self.beat_reached()
         self.tempo = np.where(np.isnan(self.tempo), period, self.tempo)
         self.keep_the_beat(cost, phase, self.tempo, successors)
+        if self.leave_beyond is not None and predicted_codes is not None:
+            self.stay_or_leave(cost, predicted_codes, successors)
         choices = np.argmin(cost, axis=1)
         jumps = choices != successors
         self.shift = np.where(jumps, self.real.beat_shift(choices, phase), self.shift)
@@ -1063,6 +1067,20 @@ class GrainSynthesis:
         self.previous = choices
         self.chosen.append((choices, self.shift.copy(), jumps))
         return choices
+
+    def stay_or_leave(self, cost, predicted_codes, successors):
+        """In place: a piece whose recording may go on (the guard allows) stays on it while the
+        prediction is within leave_beyond of its successor, and leaves it (to the cheapest other
+        frame) where the prediction departs further."""
+        for piece, successor in enumerate(successors):
+            if successor < 0 or not np.isfinite(cost[piece, successor]):
+                continue
+            departure = np.sum(np.square(predicted_codes[piece]
+                                         - self.real.cache.codes[successor]))
+            if departure <= self.leave_beyond:
+                cost[piece] = np.where(np.arange(cost.shape[1]) == successor, 0.0, np.inf)
+            elif np.isfinite(np.delete(cost[piece], successor)).any():
+                cost[piece, successor] = np.inf
 
     def beat_reached(self):
         """(phase, period in s) of the beat where the next block starts, per piece: the last
@@ -3784,6 +3802,8 @@ def report_piece(path, reference, skip_seconds, copied):
 
 
 STEERS = {"network": "the network chooses each next frame from all it has heard",
+          "leave": "the network says when to leave the recording (where its prediction "
+                   "departs from it more than on the music), and where to (experimental)",
           "join": "no network, the walk: the recording goes on until the copy guard, then jumps "
                   "to the frame that joins best on the beat (needs no trained model: a remix "
                   "in seconds, and the control the network's pieces are measured against)"}
@@ -3886,6 +3906,28 @@ class NetworkChoice:
                                          plan.temperature, rng,
                                          sharpening.watch if sharpening else None)
         return synthesis.steer(predict_next, music_frames)
+
+
+LEAVE_QUANTILE = 0.9  # --steer leave: the recording is left where the prediction departs from it
+# more than it departs from the real next frame this often on the music itself
+
+
+class NetworkLeaves(NetworkChoice):
+    """--steer leave: the network says when to leave the recording. The recording goes on while
+    the network's (sampled) prediction is as near its next frame as predictions are to the real
+    next frame on held-out music (LEAVE_QUANTILE of the time); where it departs further, the
+    piece jumps, to the frame the network's choice prefers. Grains only."""
+
+    def predict_next(self, plan, synthesis, cache, pieces, rng):
+        predict_next = super().predict_next(plan, synthesis, cache, pieces, rng)
+        errors, _ = prediction_errors(self.network.model, cache, np.random.default_rng(0))
+        codes = errors @ synthesis.folding()[0]  # (count, dimensions): on the index's axes
+        pairs = np.random.default_rng(1).integers(len(codes), size=(4096, 2))
+        # A sampled prediction is the prediction plus one error; the real frame, plus another.
+        departures = np.sum(np.square(plan.temperature * codes[pairs[:, 0]]
+                                      - codes[pairs[:, 1]]), axis=1)
+        synthesis.leave_beyond = float(np.quantile(departures, LEAVE_QUANTILE))
+        return predict_next
 
 
 class JoinAlone:
@@ -4611,9 +4653,10 @@ def config_from_args(args, parser):
                      "music that sounds nearest to each prediction, and plain frames hold the "
                      "phase, which says little of the sound. Use --synthesis spectra with "
                      "--frames plain, or leave out --frames plain.")
-    if args.steer == "join" and (frames == "plain" or args.synthesis == "spectra"):
-        parser.error("--steer join walks the recordings of your music, so it sounds grains of "
-                     "magnitude frames: leave out --synthesis spectra and --frames plain.")
+    if args.steer != "network" and (frames == "plain" or args.synthesis == "spectra"):
+        parser.error(f"--steer {args.steer} chooses among the recordings of your music, so it "
+                     f"sounds grains of magnitude frames: leave out --synthesis spectra and "
+                     f"--frames plain.")
     return Config(dataset_dir=Path(setting("datasets_folder_path")),
                   cache_dir=Path(setting("traindata_folder_path")),
                   output_name=setting("output_music_name"),
@@ -4720,7 +4763,8 @@ def compose_from_folder(config):
         say(f"Generating from {path}, trained for {metadata['epochs_done']} epoch(s).")
         network = Network(load_checkpoint_model(path), Normalisation(*checkpoint[2:]))
     with disk_space_for_pieces(config):
-        return compose(config, NetworkChoice(network), cache, rng, seed_wavs, metadata)
+        choice = NetworkLeaves(network) if config.steer == "leave" else NetworkChoice(network)
+        return compose(config, choice, cache, rng, seed_wavs, metadata)
 
 
 def walk_from_folder(config):
