@@ -4538,6 +4538,13 @@ def make_parser():
         prog="music-composer.py",
         description="Learn the style of a folder of music with a recurrent network and "
                     "compose new music in that style.")
+    for add_flags in (folder_flags, network_flags, training_flags, generation_flags,
+                      watching_flags):
+        add_flags(parser)
+    return parser
+
+
+def folder_flags(parser):
     folders = parser.add_argument_group("folders and files")
     folders.add_argument("-d", "--datasets-folder-path",
                          help=f"folder of your music ({FORMATS_READ}), only ever read "
@@ -4548,6 +4555,9 @@ def make_parser():
     folders.add_argument("-o", "--output-music-name", type=output_name,
                          help="pieces are NAME-0.wav, NAME-1.wav, ...; existing files are never "
                               "overwritten: numbering goes on (default: output)")
+
+
+def network_flags(parser):
     network = parser.add_argument_group("network")
     network.add_argument("-n", "--hidden-layer-neurons", type=positive_int,
                          help="LSTM units in each layer (default: 1024, or the checkpoint's when "
@@ -4555,6 +4565,9 @@ def make_parser():
     network.add_argument("-l", "--hidden-layer-count", type=positive_int,
                          help="number of stacked LSTM layers (default: 4, or the checkpoint's "
                               "when neither -n nor -l is given; --demo: 2)")
+
+
+def training_flags(parser):
     training = parser.add_argument_group("training")
     training.add_argument("-e", "--epochs", type=non_negative_int,
                           help="epochs to train in this run; 0 generates from the checkpoint "
@@ -4585,6 +4598,9 @@ def make_parser():
     training.add_argument("--random-seed", type=random_seed,
                           help="make initialisation, shuffling and seeds repeatable on a CPU "
                                "(default: none)")
+
+
+def generation_flags(parser):
     generation = parser.add_argument_group("generation")
     generation.add_argument("-s", "--seconds-to-generate", type=positive_int,
                             help="length of each generated piece in seconds (default: 10)")
@@ -4616,6 +4632,9 @@ def make_parser():
                                  "notes starting, a weaker beat (default: off)")
     generation.add_argument("--frames", choices=list(FRAME_KINDS),
                             help="how audio becomes frames: " + described(FRAME_KINDS))
+
+
+def watching_flags(parser):
     watching = parser.add_argument_group("watching a long run")
     watching.add_argument("--tensorboard", metavar="DIR", type=Path,
                           help="write TensorBoard logs into DIR: loss and val_loss per epoch "
@@ -4631,7 +4650,6 @@ def make_parser():
                              f"{DEMO_FOLDER}/ and a smaller network")
     extras.add_argument("--no-plots", action="store_true",
                         help="write no loss curve or spectrogram pictures")
-    return parser
 
 
 def config_from_args(args, parser):
