@@ -79,10 +79,8 @@ def test_leaving_the_recording_where_the_prediction_departs_from_it(mc, cache):
     elsewhere = mc.RealFrames(cache, cache.normalisation).for_network(
         np.array([len(cache.frames) - 3]))
     stays = choices(mc, cache, lambda frames: elsewhere, copy_limit=2.0, leave_beyond=np.inf)
-    walk = choices(mc, cache, lambda frames: None, copy_limit=2.0)
-    np.testing.assert_array_equal(mc.verbatim_stretches(stays, cache.file_starts),
-                                  mc.verbatim_stretches(walk, cache.file_starts))  # (where to
-    # jump differs: the prediction still has its say there)
+    runs = mc.verbatim_stretches(stays, cache.file_starts)
+    assert len(runs) >= 3 and all(run == 8 for run in runs[:-1])  # 2 s each, then the guard
     leaves = choices(mc, cache, lambda frames: elsewhere, copy_limit=2.0, leave_beyond=-1.0)
     assert all(after != before + 1 for before, after in zip(leaves, leaves[1:]))
     assert max(mc.verbatim_stretches(leaves, cache.file_starts)) == 1
