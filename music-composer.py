@@ -2557,28 +2557,7 @@ def train(model, cache, metadata, config, rng, replicas=1):
     """Train config.epochs more epochs (an epoch stopped midway is finished first, and counts
     as one of them); return the model to generate with. With several replicas, each takes
     config.batch_size windows a step: the global batch is their sum."""
-    length = sequence_length(cache.file_starts, config.sequence_seconds)
-    train_starts, validation_starts = split_windows(cache.file_starts, length,
-                                                    training_stride(length))
-    if len(train_starts) == 0 or len(validation_starts) == 0:
-        raise UserError(minimum_music_message(cache.file_starts))
-    if length < round(config.sequence_seconds * FRAMES_PER_SECOND):
-        say(f"The music is too short for training sequences of {config.sequence_seconds:g} s: "
-            f"training on sequences of {length / FRAMES_PER_SECOND:g} s.")
-    metadata["sequence_frames"] = length
-    precision, why = training_precision(config.precision, gpu_compute_capability())
-    say(f"Training in {PRECISIONS[precision]} ({why}).")
-    use_precision(model, precision)
-    use_fastest_lstm_kernel(model, gpu_available(), length)
-    batch_size = config.batch_size * replicas
-    say(f"Training on {len(train_starts)} sequences of {length / FRAMES_PER_SECOND:g} s, "
-        f"validating on {len(validation_starts)}, batch size {config.batch_size}"
-        + (f" on each of {replicas} devices ({batch_size} a step)." if replicas > 1 else "."))
-    training = make_batches(cache.frames, train_starts, batch_size, rng, shuffle=True,
-                            input_noise=SAMPLING[config.frames]["input_noise"],
-                            multiple=replicas, length=length)
-    validation = make_batches(cache.frames, validation_starts, batch_size, rng, shuffle=False,
-                              multiple=replicas, length=length)
+    training, validation = training_batches(model, cache, metadata, config, rng, replicas)
     position = resumable_position(metadata, training, cache)
     end_epoch = metadata["epochs_done"] + config.epochs
 
@@ -2611,6 +2590,40 @@ def train(model, cache, metadata, config, rng, replicas=1):
                 fit(end_epoch - metadata["epochs_done"])
         except TrainingStopped:
             pass
+    return model_after_training(model, ctrl_c, callback.diverged, metadata, config.cache_dir)
+
+
+def training_batches(model, cache, metadata, config, rng, replicas):
+    """The training and validation sequences (make_batches) of this music, the model set to
+    train on them in the chosen precision; says what was chosen."""
+    length = sequence_length(cache.file_starts, config.sequence_seconds)
+    train_starts, validation_starts = split_windows(cache.file_starts, length,
+                                                    training_stride(length))
+    if len(train_starts) == 0 or len(validation_starts) == 0:
+        raise UserError(minimum_music_message(cache.file_starts))
+    if length < round(config.sequence_seconds * FRAMES_PER_SECOND):
+        say(f"The music is too short for training sequences of {config.sequence_seconds:g} s: "
+            f"training on sequences of {length / FRAMES_PER_SECOND:g} s.")
+    metadata["sequence_frames"] = length
+    precision, why = training_precision(config.precision, gpu_compute_capability())
+    say(f"Training in {PRECISIONS[precision]} ({why}).")
+    use_precision(model, precision)
+    use_fastest_lstm_kernel(model, gpu_available(), length)
+    batch_size = config.batch_size * replicas
+    say(f"Training on {len(train_starts)} sequences of {length / FRAMES_PER_SECOND:g} s, "
+        f"validating on {len(validation_starts)}, batch size {config.batch_size}"
+        + (f" on each of {replicas} devices ({batch_size} a step)." if replicas > 1 else "."))
+    training = make_batches(cache.frames, train_starts, batch_size, rng, shuffle=True,
+                            input_noise=SAMPLING[config.frames]["input_noise"],
+                            multiple=replicas, length=length)
+    validation = make_batches(cache.frames, validation_starts, batch_size, rng, shuffle=False,
+                              multiple=replicas, length=length)
+    return training, validation
+
+
+def model_after_training(model, ctrl_c, diverged, metadata, cache_dir):
+    """The model to generate with once training ended: on Ctrl-C or a NaN loss, the last
+    checkpoint's; on SIGTERM, none (Terminated is raised)."""
     if ctrl_c.requested:  # Keras's input pipeline, left mid-epoch, is freed now: freed as the
         import gc  # interpreter shuts down, under MirroredStrategy it could hang the exit
 
@@ -2620,10 +2633,10 @@ def train(model, cache, metadata, config, rng, replicas=1):
     if ctrl_c.requested:
         say(f"Training interrupted after {metadata['epochs_done']} epoch(s); the next run goes "
             f"on from the batch reached. Moving on to generation (press Ctrl-C again to quit).")
-        return reload_last_checkpoint(model, config.cache_dir)
-    if callback.diverged:
+        return reload_last_checkpoint(model, cache_dir)
+    if diverged:
         warn("the loss became NaN; training stopped and the last good checkpoint was kept.")
-        return reload_last_checkpoint(model, config.cache_dir)
+        return reload_last_checkpoint(model, cache_dir)
     return use_precision(model, "float32")  # generation reads the float32 weights itself
 
 
