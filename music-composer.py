@@ -975,6 +975,7 @@ class GrainSynthesis:
         self.limit = max(1, int(round(copy_limit * FRAMES_PER_SECOND)))  # frames
         self.leave_beyond = None  # squared distance: set (NetworkLeaves), the recording goes on
         # while the prediction is this near its successor, and is left only where it departs
+        self.units = None  # a UnitSteering (NetworkUnits): predictions are chances of units
         self.previous = np.full(pieces, -1)  # the last choice (-1: none yet)
         self.run = np.zeros(pieces, int)  # frames played verbatim up to the last choice
         self.shift = np.zeros(pieces)  # samples the current unit's grains are moved by (beat)
@@ -1022,6 +1023,8 @@ class GrainSynthesis:
         Predictions are network-normalised frames, or, folded, their index numbers (narrower)."""
         def predict(frames):
             predicted = predict_next(frames)  # the first call reads the whole seed
+            if self.units is not None:
+                return self.real.for_network(self.choose_by_units(predicted))
             if predicted is not None and predicted.shape[-1] == NUM_FEATURES:
                 predicted = self.real.encode(self.real.normalisation.denormalise(predicted))
             return self.real.for_network(self.choose_by_codes(predicted))
@@ -1039,9 +1042,22 @@ class GrainSynthesis:
         return self.real.distances(predicted_codes)
 
     def choose_by_codes(self, predicted_codes):  # (pieces, dimensions) or None -> (pieces,)
-        codes = self.real.cache.codes
-        cost = self.prediction_cost(predicted_codes)  # (pieces, num_frames)
         successors = self.real.successors(self.previous)
+        cost, phase = self.costs(self.prediction_cost(predicted_codes), successors)
+        if self.leave_beyond is not None and predicted_codes is not None:
+            self.stay_or_leave(cost, predicted_codes, successors)
+        return self.settle(cost, successors, phase)
+
+    def choose_by_units(self, chances):  # (pieces, units) probabilities -> (pieces,) indices
+        successors = self.real.successors(self.previous)
+        cost, phase = self.costs(self.prediction_cost(None), successors)
+        self.within_a_unit(cost, chances, successors)
+        return self.settle(cost, successors, phase)
+
+    def costs(self, cost, successors):
+        """cost (pieces, num_frames), the prediction's term, plus the join's, the level's, the
+        silence rule, the copy guard and the beat rule (in place); and the beat's phase."""
+        codes = self.real.cache.codes
         joined = np.where(successors >= 0, successors, self.previous)  # what a choice follows
         joins = self.real.distances(codes[np.maximum(joined, 0)])
         cost += JOIN_WEIGHT * np.where((self.previous >= 0)[:, None], joins, 0)
@@ -1058,8 +1074,10 @@ class GrainSynthesis:
         phase, period = self.beat_reached()
         self.tempo = np.where(np.isnan(self.tempo), period, self.tempo)
         self.keep_the_beat(cost, phase, self.tempo, successors)
-        if self.leave_beyond is not None and predicted_codes is not None:
-            self.stay_or_leave(cost, predicted_codes, successors)
+        return cost, phase
+
+    def settle(self, cost, successors, phase):
+        """The cheapest frame for each piece, noted: where it jumped, the beat shift."""
         choices = np.argmin(cost, axis=1)
         jumps = choices != successors
         self.shift = np.where(jumps, self.real.beat_shift(choices, phase), self.shift)
@@ -1067,6 +1085,23 @@ class GrainSynthesis:
         self.previous = choices
         self.chosen.append((choices, self.shift.copy(), jumps))
         return choices
+
+    def within_a_unit(self, cost, chances, successors):
+        """In place (a units network, see NetworkUnits): a piece stays on its recording while
+        the network gives the successor's unit at least units.stay_chance; else it samples a
+        unit from `chances` and lands in it, where the guard and the beat leave a frame of it
+        (else anywhere they allow)."""
+        unit_of, rng = self.units.unit_of, self.units.rng
+        for piece, successor in enumerate(successors):
+            if successor >= 0 and np.isfinite(cost[piece, successor]) \
+                    and chances[piece, unit_of[successor]] >= self.units.stay_chance:
+                cost[piece] = np.where(np.arange(cost.shape[1]) == successor, 0.0, np.inf)
+                continue
+            odds = np.asarray(chances[piece], np.float64)
+            inside = np.where(unit_of == rng.choice(len(odds), p=odds / odds.sum()),
+                              cost[piece], np.inf)
+            if np.isfinite(inside).any():
+                cost[piece] = inside
 
     def stay_or_leave(self, cost, predicted_codes, successors):
         """In place: a piece whose recording may go on (the guard allows) stays on it while the
@@ -1867,7 +1902,9 @@ class native_stderr_silenced:
 HEADS = {"average": "a frame: the average of the likely next frames (mean squared error, the "
                     "original's)",
          "median": "a frame: their median (mean absolute error)",
-         "mixture": "a mixture of Gaussians over the next frame, sampled when generating"}
+         "mixture": "a mixture of Gaussians over the next frame, sampled when generating",
+         "units": "which of the music's own units of sound comes next (the frames clustered; "
+                  "cross-entropy), a distribution over real sounds that grains sample"}
 DEFAULT_HEAD = {"magnitude": "average", "plain": "average"}  # measured best (see the README)
 MIXTURE_COMPONENTS = 4  # Gaussians in the mixture head
 LOG_SCALE_LIMITS = (-7.0, 7.0)  # a component's log standard deviation is kept within these
@@ -1945,8 +1982,30 @@ class MixtureHead:
         return watch(sampled) if watch else sampled
 
 
-def make_head(name, components=MIXTURE_COMPONENTS):
-    return MixtureHead(components) if name == "mixture" else PointHead(name)
+UNITS = 256  # units of sound in the units head: at most a quarter of the music's frames
+
+
+class UnitsHead:
+    """The output is one logit per unit of the music's sound: the cache's frames clustered by
+    k-means on their index numbers (music_units). Trained by cross-entropy on the next frame's
+    unit, it predicts a distribution over real sounds, several futures at once, never their
+    average; grains sample a unit and play, within it, the frame that joins best (see
+    NetworkUnits). centroids: (units, INDEX_DIMENSIONS), from the checkpoint."""
+
+    name, loss = "units", "music_composer>unit_nll"
+    predicts_frames = uses_errors = False
+
+    def __init__(self, components=UNITS, centroids=None):
+        self.components, self.centroids = components, centroids
+
+    def outputs(self, num_features):
+        return self.components
+
+
+def make_head(name, components=None):
+    if name == "mixture":
+        return MixtureHead(components or MIXTURE_COMPONENTS)
+    return UnitsHead(components or UNITS) if name == "units" else PointHead(name)
 
 
 def head_of(model):
@@ -1955,14 +2014,50 @@ def head_of(model):
     outputs = model.get_layer("project_out").units
     if outputs == features:
         return PointHead("median" if model.loss in ("mae", "mean_absolute_error") else "average")
+    if outputs < features:
+        return UnitsHead(outputs)
     return MixtureHead(outputs // (features + 2))
 
 
+def music_units(codes, count, seed=0, rounds=25):
+    """(count, dimensions) centroids of the frames' index numbers (codes, (frames, dimensions)):
+    k-means, started by k-means++ (seeded: the same music gives the same units)."""
+    rng = np.random.default_rng(seed)
+    codes = np.asarray(codes, np.float32)
+    count = max(2, min(count, len(codes) // 4))
+    centroids = [codes[rng.integers(len(codes))]]
+    nearest = np.sum(np.square(codes - centroids[0]), axis=1)
+    for _ in range(count - 1):
+        chosen = rng.choice(len(codes), p=nearest / nearest.sum()) if nearest.sum() > 0 \
+            else rng.integers(len(codes))
+        centroids.append(codes[chosen])
+        nearest = np.minimum(nearest, np.sum(np.square(codes - codes[chosen]), axis=1))
+    centroids = np.array(centroids)
+    for _ in range(rounds):
+        labels = unit_labels(codes, centroids)
+        for unit in range(count):
+            members = codes[labels == unit]
+            if len(members):
+                centroids[unit] = members.mean(axis=0)
+    return centroids.astype(np.float32)
+
+
+def unit_labels(codes, centroids):  # (frames, dimensions) -> (frames,) int32: nearest unit
+    distances = (np.sum(np.square(centroids), axis=1)[None] - 2 * codes @ centroids.T)
+    return np.argmin(distances, axis=1).astype(np.int32)
+
+
 def register_mixture_loss(keras):
-    """mixture_nll, registered so that checkpoints load."""
+    """mixture_nll and unit_nll, registered so that checkpoints load."""
     if keras.saving.get_registered_object("music_composer>mixture_nll") is not None:
         return
     ops = keras.ops
+
+    @keras.saving.register_keras_serializable(package="music_composer", name="unit_nll")
+    def unit_nll(targets, logits):
+        """-log p(the next frame's unit): targets (batch, time) unit numbers."""
+        return ops.sparse_categorical_crossentropy(ops.cast(targets, "int32"),
+                                                   ops.cast(logits, "float32"), from_logits=True)
 
     @keras.saving.register_keras_serializable(package="music_composer", name="mixture_nll")
     def mixture_nll(targets, outputs):
@@ -2349,7 +2444,7 @@ def load_checkpoint_model(path):
 
 
 def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.0, multiple=1,
-                 length=WINDOW_FRAMES):
+                 length=WINDOW_FRAMES, labels=None):
     """A keras.utils.PyDataset over the memory-mapped frames: nothing loaded whole.
 
     shuffle: training batches, endless, to be fit() with steps_per_epoch. Batch i, counted from
@@ -2366,7 +2461,10 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
     input_noise: the standard deviation of Gaussian noise added to the input frames (not the
     targets), in normalised units. Fed its own imperfect output when generating, a network
     trained only on clean inputs drifts to a fixed point: a held chord that fades. Trained on
-    noisy inputs, it learns to steer back towards the music."""
+    noisy inputs, it learns to steer back towards the music.
+
+    labels: (num_frames,) int32, each frame's unit (a units head): the targets are then the
+    next frames' units, (batch, length), instead of the frames."""
     keras = import_keras()
     if 0 < len(window_starts) < multiple:
         window_starts = np.resize(window_starts, multiple)
@@ -2399,9 +2497,11 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
 
         def __getitem__(self, index):
             epoch, index = divmod(self.first + index, len(self))
-            inputs, targets = gather_windows(
-                frames, self.order(epoch)[index * batch_size :
-                                          min((index + 1) * batch_size, self.usable)], length)
+            starts = self.order(epoch)[index * batch_size :
+                                       min((index + 1) * batch_size, self.usable)]
+            inputs, targets = gather_windows(frames, starts, length)
+            if labels is not None:
+                targets = labels[np.asarray(starts)[:, None] + 1 + np.arange(length)]
             if input_noise:  # seeded per batch: repeatable whichever thread asks, and when
                 noise_rng = np.random.default_rng((self.noise_seed, epoch, index))
                 # A new array: inputs and targets are views of the same windows.
@@ -2613,11 +2713,14 @@ def training_batches(model, cache, metadata, config, rng, replicas):
     say(f"Training on {len(train_starts)} sequences of {length / FRAMES_PER_SECOND:g} s, "
         f"validating on {len(validation_starts)}, batch size {config.batch_size}"
         + (f" on each of {replicas} devices ({batch_size} a step)." if replicas > 1 else "."))
+    # A units head learns each next frame's unit; the others, the frame itself.
+    labels = unit_labels(cache.codes, np.array(metadata["units"], np.float32)) \
+        if "units" in metadata else None
     training = make_batches(cache.frames, train_starts, batch_size, rng, shuffle=True,
                             input_noise=SAMPLING[config.frames]["input_noise"],
-                            multiple=replicas, length=length)
+                            multiple=replicas, length=length, labels=labels)
     validation = make_batches(cache.frames, validation_starts, batch_size, rng, shuffle=False,
-                              multiple=replicas, length=length)
+                              multiple=replicas, length=length, labels=labels)
     return training, validation
 
 
@@ -2671,14 +2774,14 @@ def make_preview_callback(cache, metadata, config):
             if done == self.written or done % config.preview_every:
                 return  # an epoch the checkpoint callback did not keep, or not yet time
             self.written = done
-            figures, path = write_preview(self.model, cache, config, done)
+            figures, path = write_preview(self.model, cache, config, done, metadata)
             if config.tensorboard:
                 log_preview(config.tensorboard, path, figures, done)
 
     return WritePreview()
 
 
-def write_preview(model, cache, config, epoch):
+def write_preview(model, cache, config, epoch, metadata):
     path = config.cache_dir / f"preview-epoch-{epoch}.wav"
     if any(os.path.lexists(path.with_suffix(suffix)) for suffix in (".wav", ".json")):
         path = output_paths(path.with_suffix(""), 1)[0]  # never over an earlier run's preview
@@ -2687,7 +2790,7 @@ def write_preview(model, cache, config, epoch):
                   [seed_origin(0, length, cache)])
     say(f"Preview after epoch {epoch}:")
     plan = GenerationPlan.from_config(config, seconds=PREVIEW_SECONDS)
-    choice = NetworkChoice(Network(model, cache.normalisation))
+    choice = network_choice(Network(model, cache.normalisation, metadata.get("units")))
     synthesis, (path,) = sound_pieces(plan, choice, cache, seeds, [path],
                                       np.random.default_rng(epoch))
     figures = report_piece(path, cache.reference, 0.0,
@@ -2747,14 +2850,24 @@ def prepare_model(config, cache, checkpoint):
     and the metadata to save with it."""
     if checkpoint is None:
         head = make_head(config.head or DEFAULT_HEAD[config.frames])
+        metadata = new_metadata(config, cache, head)
+        if head.name == "units":  # the units are the music's: found once, kept in the checkpoint
+            head = UnitsHead(centroids=music_units(cache.codes, head.components))
+            head.components = len(head.centroids)
+            metadata.update(head_components=head.components, units=head.centroids.tolist())
+            say(f"The music's frames clustered into {head.components} units of sound.")
         say(f"No checkpoint yet: starting a new model that predicts {HEADS[head.name]}.")
         return build_model(NUM_FEATURES, config.hidden_neurons, config.hidden_layers, head), \
-            new_metadata(config, cache, head)
+            metadata
     path, metadata, _, _ = checkpoint
     model = load_checkpoint_model(path)
     say(f"Resuming from {path}, " + (f"in epoch {metadata['epochs_done'] + 1}."
                                       if "midepoch" in metadata else
                                       f"after epoch {metadata['epochs_done']}."))
+    if metadata.get("cache_fingerprint") != cache.fingerprint and "units" in metadata:
+        raise UserError(f"The music changed since {path} was trained, and its network predicts "
+                        f"units of the music it was trained on. Train a new model in another "
+                        f"-t/--traindata-folder-path (or put the music back).")
     if metadata.get("cache_fingerprint") != cache.fingerprint:
         say("The music changed since that checkpoint was trained: training continues from it "
             "on the new music, with the new normalisation statistics.")
@@ -3885,8 +3998,10 @@ class Network:
     """A trained model and what goes everywhere with it: the normalisation of the frames it
     reads and writes, and its head (what its outputs are)."""
 
-    def __init__(self, model, normalisation):
+    def __init__(self, model, normalisation, units=None):
         self.model, self.normalisation, self.head = model, normalisation, head_of(model)
+        if units is not None:  # a units head's centroids, from its checkpoint's metadata
+            self.head.centroids = np.asarray(units, np.float32)
 
     def predictor(self, pieces, fold=None):
         """predict_next for `pieces` pieces at once (see make_step_function)."""
@@ -3941,6 +4056,51 @@ class NetworkLeaves(NetworkChoice):
                                       - codes[pairs[:, 1]]), axis=1)
         synthesis.leave_beyond = float(np.quantile(departures, LEAVE_QUANTILE))
         return predict_next
+
+
+UNIT_STAY_CHANCE = 0.05  # a units network keeps the recording while it gives the recording's
+# next unit at least this chance
+
+
+@dataclasses.dataclass
+class UnitSteering:
+    """What GrainSynthesis needs to choose by units: each real frame's unit, and randomness."""
+
+    unit_of: np.ndarray  # (num_frames,) int32: the unit of each frame grains may choose
+    rng: np.random.Generator
+    stay_chance: float = UNIT_STAY_CHANCE
+
+
+class NetworkUnits(NetworkChoice):
+    """A units network (--head units): it gives each unit of the music's sound a chance of
+    coming next; grains keep the recording while its next unit stays likely, and where it does
+    not, sample a unit (softmax at the temperature; 0: the likeliest) and play the frame of it
+    that joins best on the beat. Grains only."""
+
+    def predict_next(self, plan, synthesis, cache, pieces, rng):
+        if plan.synthesis != "grains":
+            raise UserError("This model predicts units of your music's own sound, which only "
+                            "grains can play: leave out --synthesis spectra.")
+        head, step = self.network.head, self.network.predictor(pieces)
+        synthesis.units = UnitSteering(unit_labels(synthesis.real.cache.codes, head.centroids),
+                                       rng)
+
+        def chances(frames):  # (pieces, units), each row summing to 1
+            logits = step(frames).astype(np.float64)
+            if plan.temperature == 0:
+                return np.eye(logits.shape[-1])[np.argmax(logits, axis=-1)]
+            scaled = logits / plan.temperature
+            odds = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+            return odds / odds.sum(axis=-1, keepdims=True)
+
+        return synthesis.steer(chances)
+
+
+def network_choice(network, steer="network"):
+    """Who chooses for a trained network: by its head, and --steer."""
+    if network.head.name == "units":
+        return NetworkUnits(network)
+    return NetworkLeaves(network) if steer == "leave" else NetworkChoice(network)
 
 
 class JoinAlone:
@@ -4684,6 +4844,9 @@ def config_from_args(args, parser):
                      "music that sounds nearest to each prediction, and plain frames hold the "
                      "phase, which says little of the sound. Use --synthesis spectra with "
                      "--frames plain, or leave out --frames plain.")
+    if args.head == "units" and (frames == "plain" or args.synthesis == "spectra"):
+        parser.error("--head units predicts units of your music's own sound, which grains play: "
+                     "leave out --synthesis spectra and --frames plain.")
     if args.steer != "network" and (frames == "plain" or args.synthesis == "spectra"):
         parser.error(f"--steer {args.steer} chooses among the recordings of your music, so it "
                      f"sounds grains of magnitude frames: leave out --synthesis spectra and "
@@ -4776,6 +4939,9 @@ def compose_from_folder(config):
             say(f"Using the checkpoint's network size, -n {size[0]} -l {size[1]} (no -n or -l "
                 f"given).")
         config = dataclasses.replace(config, hidden_neurons=size[0], hidden_layers=size[1])
+    if latest is not None and latest[1].get("head") == "units" and config.synthesis != "grains":
+        raise UserError(f"The model in {latest[0]} predicts units of your music's own sound, "
+                        f"which only grains can play: leave out --synthesis spectra.")
     if config.epochs == 0 and checkpoint is None:
         stopped = " (the first epoch was stopped midway: leave out -e 0 to go on with it)" \
             if midepoch else ""
@@ -4792,10 +4958,11 @@ def compose_from_folder(config):
         path, metadata = checkpoint[:2]
         say(f"Device: {describe_device()}.")
         say(f"Generating from {path}, trained for {metadata['epochs_done']} epoch(s).")
-        network = Network(load_checkpoint_model(path), Normalisation(*checkpoint[2:]))
+        network = Network(load_checkpoint_model(path), Normalisation(*checkpoint[2:]),
+                          metadata.get("units"))
     with disk_space_for_pieces(config):
-        choice = NetworkLeaves(network) if config.steer == "leave" else NetworkChoice(network)
-        return compose(config, choice, cache, rng, seed_wavs, metadata)
+        return compose(config, network_choice(network, config.steer), cache, rng, seed_wavs,
+                       metadata)
 
 
 def walk_from_folder(config):
@@ -4837,7 +5004,7 @@ def train_network(config, cache, latest, rng):
         with disk_space_for(config.cache_dir, "the loss curve", "-t/--traindata-folder-path"):
             curve = plot_loss_curve(metadata["history"], config.cache_dir / "loss.png")
         say(f"Loss curve: {curve}")
-    return Network(model, Normalisation(mean, std)), metadata
+    return Network(model, Normalisation(mean, std), metadata.get("units")), metadata
 
 
 def disk_space_for_pieces(config):
