@@ -1,0 +1,117 @@
+"""The units head (--head units): the music's frames clustered into units of sound, a network
+that predicts the next frame's unit, and grains that sample a unit and play a frame of it."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from conftest import melody, run_cli, tone, write_int16
+
+
+def test_units_are_the_clusters_of_the_index_numbers(mc):
+    """Three clear clusters are found as three units, every point labelled with its own, the
+    same way each time; asked for more units than a quarter of the frames, fewer are made."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], np.float32)
+    truth = rng.integers(3, size=300)
+    codes = (centres[truth] + rng.normal(0, 0.5, (300, 2))).astype(np.float32)
+    centroids = mc.music_units(codes, 3)
+    labels = mc.unit_labels(codes, centroids)
+    # Each true cluster maps to one unit, and different clusters to different units.
+    mapping = {int(t): set(labels[truth == t].tolist()) for t in range(3)}
+    assert all(len(units) == 1 for units in mapping.values())
+    assert len(set.union(*mapping.values())) == 3
+    np.testing.assert_array_equal(centroids, mc.music_units(codes, 3))  # seeded
+    assert len(mc.music_units(codes[:20], 256)) == 5  # at most a quarter of the frames
+
+
+def test_a_units_batch_has_the_next_frames_units_as_targets(mc):
+    frames = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    labels = (np.arange(40) * 7 % 5).astype(np.int32)
+    batches = mc.make_batches(frames, np.array([0, 10, 20]), 3, np.random.default_rng(0),
+                              shuffle=False, length=4, labels=labels)
+    inputs, targets = batches[0]
+    assert inputs.shape == (3, 4, 3) and targets.shape == (3, 4)
+    for row, start in enumerate([0, 10, 20]):
+        np.testing.assert_array_equal(inputs[row], frames[start : start + 4])
+        np.testing.assert_array_equal(targets[row], labels[start + 1 : start + 5])
+
+
+@pytest.fixture(scope="module")
+def cache(mc, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("units-music")
+    (folder / "music").mkdir()
+    write_int16(folder / "music" / "a.wav", melody(14.0, seed=3))
+    chord = sum(tone(7.0, frequency, amplitude=0.2) for frequency in (261.6, 329.6, 392.0))
+    write_int16(folder / "music" / "b.wav", chord)
+    return mc.prepare_cache(folder / "music", folder / "cache")
+
+
+def unit_choices(mc, cache, chances_of, frames=24, copy_limit=2.0, start=3):
+    """The frames chosen for one piece when the network gives these chances of the units
+    (chances_of(unit_of) -> (units,)); and each frame's unit."""
+    real = mc.RealFrames(cache, cache.normalisation)
+    synthesis = mc.make_synthesis("magnitude", 1, "grains", real, copy_limit)
+    centroids = mc.music_units(cache.codes, 8)
+    unit_of = mc.unit_labels(cache.codes, centroids)
+    synthesis.units = mc.UnitSteering(unit_of, np.random.default_rng(0))
+    seed = np.asarray(cache.frames[None, start : start + mc.WINDOW_FRAMES])
+    synthesis.prime(cache.normalisation.denormalise(seed))
+    steered = synthesis.steer(lambda frames: chances_of(unit_of, len(centroids))[None])
+    frame, chosen = steered(seed), []
+    for _ in range(frames):
+        chosen.append(int(synthesis.chosen.popleft()[0][0]))
+        frame = steered(frame)
+    return chosen, unit_of
+
+
+def test_grains_keep_the_recording_while_its_unit_is_likely_and_land_in_the_unit_drawn(mc, cache):
+    """Every unit likely: the recording goes on to the copy guard. All the chance on one unit
+    that the recording is not in: the piece leaves at once and every jump lands in that unit."""
+    everywhere, unit_of = unit_choices(mc, cache, lambda unit_of, count: np.full(count, 1 / count))
+    runs = mc.verbatim_stretches(everywhere, cache.file_starts)
+    assert len(runs) >= 3 and all(run == 8 for run in runs[:-1])  # 2 s each, to the guard
+    target = int(unit_of[len(cache.frames) - 3])  # the held chord's unit
+    assert unit_of[3] != target
+
+    def one_unit(unit_of, count):
+        chances = np.zeros(count)
+        chances[target] = 1.0
+        return chances
+
+    there, _ = unit_choices(mc, cache, one_unit)
+    jumps = [after for before, after in zip([3 + mc.WINDOW_FRAMES - 1] + there, there)
+             if after != before + 1]
+    assert there[0] != 3 + mc.WINDOW_FRAMES  # the recording is left at the first block
+    assert jumps and all(unit_of[frame] == target for frame in jumps)
+
+
+def test_a_units_model_through_the_command_line(mc, tmp_path):
+    """Trained with --head units, the checkpoint keeps its units and generation plays grains
+    from it; spectra are refused before any work, with a message."""
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "a.wav", melody(16.0, seed=4))
+    flags = ["-d", music, "-t", tmp_path / "t", "-n", "8", "-l", "1", "-g", "2", "-s", "3",
+             "--random-seed", "2", "--no-plots"]
+    trained = run_cli(*flags, "-e", "1", "--head", "units", "-o", tmp_path / "u", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert "units of sound" in trained.stdout
+    with zipfile.ZipFile(tmp_path / "t" / "model.keras") as archive:
+        metadata = json.loads(archive.read(mc.CHECKPOINT_METADATA))
+    assert metadata["head"] == "units"
+    units = np.array(metadata["units"])  # (units, the index's dimensions: at most 64)
+    assert units.shape[0] == metadata["head_components"] and units.shape[1] <= 64
+    model = mc.load_checkpoint_model(tmp_path / "t" / "model.keras")
+    assert mc.head_of(model).name == "units"
+    assert model.get_layer("project_out").units == metadata["head_components"]
+    again = run_cli(*flags, "-e", "0", "-o", tmp_path / "again", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    report = json.loads((tmp_path / "again-0.json").read_text())
+    assert report["seconds"] == 3 and report["longest_verbatim_s"] <= 4.0
+    refused = run_cli(*flags, "-e", "0", "--synthesis", "spectra", "-o", tmp_path / "s",
+                      cwd=tmp_path)
+    assert refused.returncode == 1 and "only grains can play" in refused.stderr
+    assert "Traceback" not in refused.stderr and not list(tmp_path.glob("s-*.wav"))
