@@ -4059,7 +4059,9 @@ class NetworkLeaves(NetworkChoice):
 
 
 UNIT_STAY_CHANCE = 0.05  # a units network keeps the recording while it gives the recording's
-# next unit at least this chance
+# next unit at least this chance, unless calibrated on the music (unit_stay_chance)
+UNIT_LEAVE_QUANTILE = 0.1  # ... calibrated: the recording is left where its next unit is less
+# likely than the real next unit is in this share of held-out music's steps
 
 
 @dataclasses.dataclass
@@ -4082,18 +4084,38 @@ class NetworkUnits(NetworkChoice):
             raise UserError("This model predicts units of your music's own sound, which only "
                             "grains can play: leave out --synthesis spectra.")
         head, step = self.network.head, self.network.predictor(pieces)
-        synthesis.units = UnitSteering(unit_labels(synthesis.real.cache.codes, head.centroids),
-                                       rng)
+        synthesis.units = UnitSteering(
+            unit_labels(synthesis.real.cache.codes, head.centroids), rng,
+            unit_stay_chance(self.network, cache, plan.temperature))
+        return synthesis.steer(lambda frames: unit_chances(step(frames), plan.temperature))
 
-        def chances(frames):  # (pieces, units), each row summing to 1
-            logits = step(frames).astype(np.float64)
-            if plan.temperature == 0:
-                return np.eye(logits.shape[-1])[np.argmax(logits, axis=-1)]
-            scaled = logits / plan.temperature
-            odds = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
-            return odds / odds.sum(axis=-1, keepdims=True)
 
-        return synthesis.steer(chances)
+def unit_chances(logits, temperature):  # (..., units) -> the same, softmax at the temperature
+    logits = np.asarray(logits, np.float64)
+    if temperature == 0:
+        return np.eye(logits.shape[-1])[np.argmax(logits, axis=-1)]
+    scaled = logits / temperature
+    odds = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
+    return odds / odds.sum(axis=-1, keepdims=True)
+
+
+def unit_stay_chance(network, cache, temperature, count=128, length=16):
+    """The chance below which a units network's piece leaves its recording: the
+    UNIT_LEAVE_QUANTILE quantile of the chance the network gives the real next unit on held-out
+    music (up to `count` validation windows of `length` frames), so that it leaves where the
+    recording surprises it more than music does that often. UNIT_STAY_CHANCE without any."""
+    _, starts = split_windows(cache.file_starts, length)
+    if len(starts) == 0:
+        return UNIT_STAY_CHANCE
+    chosen = np.sort(np.random.default_rng(0).choice(starts, min(count, len(starts)),
+                                                     replace=False))
+    inputs, _ = gather_windows(cache.frames, chosen, length)
+    logits = np.concatenate([np.asarray(network.model(inputs[start : start + 32],
+                                                      training=False))[:, -1]
+                             for start in range(0, len(inputs), 32)])
+    truth = unit_labels(cache.codes, network.head.centroids)[chosen + length]
+    chances = unit_chances(logits, temperature)[np.arange(len(chosen)), truth]
+    return float(np.quantile(chances, UNIT_LEAVE_QUANTILE))
 
 
 def network_choice(network, steer="network"):
