@@ -2457,14 +2457,7 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
     multiple: every batch holds a multiple of this many windows (the devices training together,
     which share each batch evenly); the fewer than `multiple` windows left over at the end of
     an epoch wait for the next (shuffled) one; fewer windows than that in all are repeated.
-
-    input_noise: the standard deviation of Gaussian noise added to the input frames (not the
-    targets), in normalised units. Fed its own imperfect output when generating, a network
-    trained only on clean inputs drifts to a fixed point: a held chord that fades. Trained on
-    noisy inputs, it learns to steer back towards the music.
-
-    labels: (num_frames,) int32, each frame's unit (a units head): the targets are then the
-    next frames' units, (batch, length), instead of the frames."""
+    input_noise and labels: see training_pairs."""
     keras = import_keras()
     if 0 < len(window_starts) < multiple:
         window_starts = np.resize(window_starts, multiple)
@@ -2499,14 +2492,9 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
             epoch, index = divmod(self.first + index, len(self))
             starts = self.order(epoch)[index * batch_size :
                                        min((index + 1) * batch_size, self.usable)]
-            inputs, targets = gather_windows(frames, starts, length)
-            if labels is not None:
-                targets = labels[np.asarray(starts)[:, None] + 1 + np.arange(length)]
-            if input_noise:  # seeded per batch: repeatable whichever thread asks, and when
-                noise_rng = np.random.default_rng((self.noise_seed, epoch, index))
-                # A new array: inputs and targets are views of the same windows.
-                inputs = inputs + input_noise * noise_rng.standard_normal(inputs.shape, np.float32)
-            return inputs, targets
+            # Noise seeded per batch: repeatable whichever thread asks, and when resumed.
+            return training_pairs(frames, starts, length, labels, input_noise,
+                                  np.random.default_rng((self.noise_seed, epoch, index)))
 
         def samples(self, batches_done):  # sequences in an epoch's first batches_done batches
             return min(batches_done * batch_size, self.usable)
@@ -2522,6 +2510,24 @@ def make_batches(frames, window_starts, batch_size, rng, shuffle, input_noise=0.
             self.shuffle_seed, self.noise_seed = position["shuffle_seed"], position["noise_seed"]
 
     return WindowBatches()
+
+
+def training_pairs(frames, starts, length, labels=None, input_noise=0.0, noise_rng=None):
+    """(inputs, targets) of the windows of `length` frames at `starts`: the frames, and the
+    frames after them, (batch, length, features) each.
+
+    labels: (num_frames,) int32, each frame's unit (a units head): the targets are then the
+    next frames' units, (batch, length). input_noise: the standard deviation of Gaussian noise
+    (from noise_rng) added to the inputs, not the targets, in normalised units. Fed its own
+    imperfect output when generating, a network trained only on clean inputs drifts to a fixed
+    point: a held chord that fades. Trained on noisy inputs, it learns to steer back towards
+    the music."""
+    inputs, targets = gather_windows(frames, starts, length)
+    if labels is not None:
+        targets = labels[np.asarray(starts)[:, None] + 1 + np.arange(length)]
+    if input_noise:  # a new array: inputs and targets are views of the same windows
+        inputs = inputs + input_noise * noise_rng.standard_normal(inputs.shape, np.float32)
+    return inputs, targets
 
 
 class TrainingStopped(Exception):
