@@ -4967,9 +4967,13 @@ def compose_from_folder(config):
             say(f"Using the checkpoint's network size, -n {size[0]} -l {size[1]} (no -n or -l "
                 f"given).")
         config = dataclasses.replace(config, hidden_neurons=size[0], hidden_layers=size[1])
-    if latest is not None and latest[1].get("head") == "units" and config.synthesis != "grains":
-        raise UserError(f"The model in {latest[0]} predicts units of your music's own sound, "
-                        f"which only grains can play: leave out --synthesis spectra.")
+    units = (config.head or (latest[1].get("head") if latest else None)) == "units"
+    if units and config.synthesis != "grains":
+        raise UserError(f"The model in {config.cache_dir} predicts units of your music's own "
+                        f"sound, which only grains can play: leave out --synthesis spectra.")
+    if units and config.steer == "leave":
+        raise UserError("--steer leave reads a predicted frame; a units model says when to "
+                        "leave the recording itself: leave out --steer leave.")
     if config.epochs == 0 and checkpoint is None:
         stopped = " (the first epoch was stopped midway: leave out -e 0 to go on with it)" \
             if midepoch else ""

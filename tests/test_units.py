@@ -115,3 +115,5 @@ def test_a_units_model_through_the_command_line(mc, tmp_path):
                       cwd=tmp_path)
     assert refused.returncode == 1 and "only grains can play" in refused.stderr
     assert "Traceback" not in refused.stderr and not list(tmp_path.glob("s-*.wav"))
+    leave = run_cli(*flags, "-e", "0", "--steer", "leave", "-o", tmp_path / "l", cwd=tmp_path)
+    assert leave.returncode == 1 and "leave out --steer leave" in leave.stderr
