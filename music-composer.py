@@ -1905,7 +1905,9 @@ HEADS = {"average": "a frame: the average of the likely next frames (mean square
          "mixture": "a mixture of Gaussians over the next frame, sampled when generating",
          "units": "which of the music's own units of sound comes next (the frames clustered; "
                   "cross-entropy), a distribution over real sounds that grains sample"}
-DEFAULT_HEAD = {"magnitude": "average", "plain": "average"}  # measured best (see the README)
+# A new model's head, by its synthesis: with grains the units head came nearest the walk
+# (README, tests/FINDINGS.md); spectra sound a predicted frame, so they need one.
+DEFAULT_HEAD = {"grains": "units", "spectra": "average"}
 MIXTURE_COMPONENTS = 4  # Gaussians in the mixture head
 LOG_SCALE_LIMITS = (-7.0, 7.0)  # a component's log standard deviation is kept within these
 
@@ -2841,6 +2843,33 @@ def describe_device(devices=()):
     return f"CPU ({os.cpu_count()} cores; no GPU visible)"
 
 
+def default_head(config):
+    """What a new model predicts: --head, else what its synthesis can play best."""
+    return config.head or DEFAULT_HEAD[config.synthesis]
+
+
+def music_units_head(cache, metadata):
+    """A units head of this music (found once, kept in the checkpoint's metadata, updated)."""
+    head = UnitsHead(centroids=music_units(cache.codes, UNITS))
+    head.components = len(head.centroids)
+    metadata.update(head_components=head.components, units=head.centroids.tolist())
+    say(f"The music's frames clustered into {head.components} units of sound.")
+    return head
+
+
+def with_new_units(model, metadata, cache):
+    """A units model on changed music: its units were the old music's, so the new music is
+    clustered anew and the output layer starts afresh on its units; the rest of the network
+    (what it learned of the music's course) goes on from the checkpoint."""
+    fresh = build_model(NUM_FEATURES, metadata["hidden_neurons"], metadata["hidden_layers"],
+                        music_units_head(cache, metadata))
+    for layer in fresh.layers:
+        if layer.weights and layer.name != "project_out":
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    say("Its units of sound are the new music's: the network's last layer learns them anew.")
+    return fresh
+
+
 def new_metadata(config, cache, head):
     return {"version": CHECKPOINT_VERSION, "hidden_neurons": config.hidden_neurons,
             "hidden_layers": config.hidden_layers, "block_size": BLOCK_SIZE,
@@ -2855,13 +2884,10 @@ def prepare_model(config, cache, checkpoint):
     """A new model, or the checkpoint's (the last epoch's, or a mid-epoch one), ready to train;
     and the metadata to save with it."""
     if checkpoint is None:
-        head = make_head(config.head or DEFAULT_HEAD[config.frames])
+        head = make_head(default_head(config))
         metadata = new_metadata(config, cache, head)
-        if head.name == "units":  # the units are the music's: found once, kept in the checkpoint
-            head = UnitsHead(centroids=music_units(cache.codes, head.components))
-            head.components = len(head.centroids)
-            metadata.update(head_components=head.components, units=head.centroids.tolist())
-            say(f"The music's frames clustered into {head.components} units of sound.")
+        if head.name == "units":
+            head = music_units_head(cache, metadata)
         say(f"No checkpoint yet: starting a new model that predicts {HEADS[head.name]}.")
         return build_model(NUM_FEATURES, config.hidden_neurons, config.hidden_layers, head), \
             metadata
@@ -2870,13 +2896,11 @@ def prepare_model(config, cache, checkpoint):
     say(f"Resuming from {path}, " + (f"in epoch {metadata['epochs_done'] + 1}."
                                       if "midepoch" in metadata else
                                       f"after epoch {metadata['epochs_done']}."))
-    if metadata.get("cache_fingerprint") != cache.fingerprint and "units" in metadata:
-        raise UserError(f"The music changed since {path} was trained, and its network predicts "
-                        f"units of the music it was trained on. Train a new model in another "
-                        f"-t/--traindata-folder-path (or put the music back).")
     if metadata.get("cache_fingerprint") != cache.fingerprint:
         say("The music changed since that checkpoint was trained: training continues from it "
             "on the new music, with the new normalisation statistics.")
+        if "units" in metadata:
+            model = with_new_units(model, metadata, cache)
         metadata.update(cache_fingerprint=cache.fingerprint, train_rms_db=cache.rms_db)
         metadata.pop("best_val_loss", None)  # val_loss on other music is not comparable
     metadata["batch_size"] = config.batch_size
@@ -4645,7 +4669,7 @@ def output_bytes(seconds, num_pieces):
 
 def check_resources(config, total_memory, free_disk):
     """Refuse at once what could only fail hours later: too little memory or disk."""
-    outputs = make_head(config.head or DEFAULT_HEAD[config.frames]).outputs(NUM_FEATURES)
+    outputs = make_head(default_head(config)).outputs(NUM_FEATURES)
     if config.epochs > 0:
         memory = training_memory_bytes(config.hidden_neurons, config.hidden_layers,
                                        config.batch_size,
@@ -4781,7 +4805,8 @@ def training_flags(parser):
                                "CUDA_VISIBLE_DEVICES chooses which are visible)")
     training.add_argument("--head", choices=list(HEADS),
                           help="what the network predicts: " + described(HEADS)
-                          + " (default: the checkpoint's; for a new model, average)")
+                          + " (default: the checkpoint's; for a new model, units with grains, average "
+                               "with --synthesis spectra)")
     training.add_argument("--sequence-seconds", type=sequence_seconds, metavar="SECONDS",
                           help=f"length of the music the network learns from at a time (and of "
                                f"a seed), at least 1; shortened when the music is too short "
@@ -4967,13 +4992,17 @@ def compose_from_folder(config):
             say(f"Using the checkpoint's network size, -n {size[0]} -l {size[1]} (no -n or -l "
                 f"given).")
         config = dataclasses.replace(config, hidden_neurons=size[0], hidden_layers=size[1])
-    units = (config.head or (latest[1].get("head") if latest else None)) == "units"
+    units = (latest[1].get("head") if latest and not config.head else default_head(config)) \
+        == "units"
     if units and config.synthesis != "grains":
         raise UserError(f"The model in {config.cache_dir} predicts units of your music's own "
-                        f"sound, which only grains can play: leave out --synthesis spectra.")
+                        f"sound, which only grains can play: leave out --synthesis spectra, or "
+                        f"train a model of spectra in another folder (-t OTHER_FOLDER "
+                        f"--synthesis spectra).")
     if units and config.steer == "leave":
         raise UserError("--steer leave reads a predicted frame; a units model says when to "
-                        "leave the recording itself: leave out --steer leave.")
+                        "leave the recording itself: leave out --steer leave (or, for a new "
+                        "model, train one that predicts frames: --head average).")
     if config.epochs == 0 and checkpoint is None:
         stopped = " (the first epoch was stopped midway: leave out -e 0 to go on with it)" \
             if midepoch else ""

@@ -14,7 +14,8 @@ KEYS = ["help_s", "prep_x_realtime", "prep_peak_rss_mb_10min", "prep_peak_rss_mb
         "grain_peak_rss_mb_10min", "grain_peak_rss_mb_60min", "params",
         "train_frames_per_s_1s_average", "train_mfu_1s_average", "train_epoch_cost_vs_1s_average",
         "train_frames_per_s_float32", "train_mfu_float32", "train_mixed_speedup",
-        "prep_share_of_epoch", "gen_x_realtime_longest", "gen_longest_vs_10min"]
+        "prep_share_of_epoch", "gen_x_realtime_longest", "gen_longest_vs_10min",
+        "train_frames_per_s_average", "train_units_vs_average", "gen_x_realtime_average", "units"]
 
 
 def test_benchmark_quick_run_reports_every_key():
@@ -24,6 +25,8 @@ def test_benchmark_quick_run_reports_every_key():
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     for key in KEYS:
         assert figures[key] > 0, key
-    tool = load_script()  # -n 64 -l 2 with the default head, by the formula the tool checks with
-    outputs = tool.make_head(tool.DEFAULT_HEAD[tool.DEFAULT_FRAMES]).outputs(tool.NUM_FEATURES)
-    assert figures["params"] == tool.count_parameters(tool.NUM_FEATURES, 64, 2, outputs)
+    tool = load_script()  # -n 64 -l 2 with the default head (grains': units of the music's
+    # sound, as many as its 2 minutes allow), by the formula the tool checks with
+    assert tool.DEFAULT_HEAD[tool.DEFAULT_SYNTHESIS[tool.DEFAULT_FRAMES]] == "units"
+    assert 2 <= figures["units"] <= tool.UNITS
+    assert figures["params"] == tool.count_parameters(tool.NUM_FEATURES, 64, 2, figures["units"])

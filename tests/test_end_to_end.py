@@ -43,7 +43,10 @@ def test_first_run_trains_checkpoints_and_writes_pieces(trained):
     tool = load_script()
     expected = "bfloat16" if tool.multiplies_bfloat16_natively() else "float32"
     assert f"Training in {tool.PRECISIONS[expected]} (this CPU" in result.stdout
-    outputs = tool.make_head(tool.DEFAULT_HEAD["magnitude"]).outputs(tool.NUM_FEATURES)
+    metadata = tool.read_checkpoint_metadata(root / "cache" / "model.keras")[0]
+    assert metadata["head"] == "units"  # grains' default: the music's own units of sound
+    outputs = metadata["head_components"]  # as many as this short music allows
+    assert 2 <= outputs <= tool.UNITS
     assert f"Model: {tool.count_parameters(tool.NUM_FEATURES, 8, 1, outputs):,} parameters" \
         in result.stdout
     assert "epoch 1 | loss" in result.stdout and "val_loss" in result.stdout
@@ -143,6 +146,18 @@ def test_changed_music_continues_from_the_checkpoint(trained, tmp_path):
     assert "Building the frame cache" in result.stdout
     assert "The music changed since that checkpoint" in result.stdout
     assert "Resuming from" in result.stdout
+    # A units network's units were the old music's: the new music is clustered anew, the last
+    # layer learns them, the rest goes on; the pieces are then chosen by the new units.
+    assert "the network's last layer learns them anew" in result.stdout
+    tool = load_script()
+    old = tool.read_checkpoint_metadata(root / "cache" / "model.keras")[0]
+    new = tool.read_checkpoint_metadata(cache / "model.keras")[0]
+    assert new["cache_fingerprint"] != old["cache_fingerprint"]
+    assert new["units"] != old["units"] and len(new["units"]) == new["head_components"]
+    body = [tool.load_checkpoint_model(path).get_layer("lstm_0").get_weights()[0]
+            for path in (root / "cache" / "model.keras", cache / "model.keras")]
+    assert body[0].shape == body[1].shape and not np.array_equal(*body)  # trained on, not anew
+    assert_good_piece(tmp_path / "output-0.wav", 1)
 
 
 def test_epochs_zero_without_a_checkpoint_says_so(tmp_path):

@@ -371,7 +371,10 @@ def test_grains_and_spectra_through_the_command_line(tmp_path):
     write_int16(music / "a.wav", melody(20.0, seed=4))
     common = ["-d", music, "-t", tmp_path / "train", "-n", "16", "-l", "1", "-s", "3", "-g", "2",
               "--random-seed", "5", "--no-plots"]
-    trained = run_cli(*common, "-e", "1", "-o", tmp_path / "grains", cwd=tmp_path)
+    # A network of frames (the average head) plays both ways; grains' own default, the units
+    # head, plays only grains (tests/test_units.py)
+    trained = run_cli(*common, "-e", "1", "--head", "average", "-o", tmp_path / "grains",
+                      cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     assert "sounded as grains" in trained.stdout
     spectra = run_cli(*common, "-e", "0", "--synthesis", "spectra", "-o", tmp_path / "spectra",

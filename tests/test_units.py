@@ -89,14 +89,15 @@ def test_grains_keep_the_recording_while_its_unit_is_likely_and_land_in_the_unit
 
 
 def test_a_units_model_through_the_command_line(mc, tmp_path):
-    """Trained with --head units, the checkpoint keeps its units and generation plays grains
-    from it; spectra are refused before any work, with a message."""
+    """A new model predicts units by default (grains), the checkpoint keeps its units and
+    generation plays grains from it; spectra are refused before any work, with a message that
+    says how to get a model of spectra, and a new model trained for spectra predicts frames."""
     music = tmp_path / "music"
     music.mkdir()
     write_int16(music / "a.wav", melody(16.0, seed=4))
     flags = ["-d", music, "-t", tmp_path / "t", "-n", "8", "-l", "1", "-g", "2", "-s", "3",
              "--random-seed", "2", "--no-plots"]
-    trained = run_cli(*flags, "-e", "1", "--head", "units", "-o", tmp_path / "u", cwd=tmp_path)
+    trained = run_cli(*flags, "-e", "1", "-o", tmp_path / "u", cwd=tmp_path)  # no --head
     assert trained.returncode == 0, trained.stderr
     assert "units of sound" in trained.stdout
     with zipfile.ZipFile(tmp_path / "t" / "model.keras") as archive:
@@ -114,6 +115,17 @@ def test_a_units_model_through_the_command_line(mc, tmp_path):
     refused = run_cli(*flags, "-e", "0", "--synthesis", "spectra", "-o", tmp_path / "s",
                       cwd=tmp_path)
     assert refused.returncode == 1 and "only grains can play" in refused.stderr
+    assert "-t OTHER_FOLDER --synthesis spectra" in refused.stderr
+    spectra = run_cli(*flags[:2], "-t", tmp_path / "spectra", *flags[4:], "-e", "1",
+                      "--synthesis", "spectra", "-o", tmp_path / "sp", cwd=tmp_path)
+    assert spectra.returncode == 0, spectra.stderr
+    with zipfile.ZipFile(tmp_path / "spectra" / "model.keras") as archive:
+        assert json.loads(archive.read(mc.CHECKPOINT_METADATA))["head"] == "average"
+    assert len(list(tmp_path.glob("sp-*.wav"))) == 2
     assert "Traceback" not in refused.stderr and not list(tmp_path.glob("s-*.wav"))
     leave = run_cli(*flags, "-e", "0", "--steer", "leave", "-o", tmp_path / "l", cwd=tmp_path)
     assert leave.returncode == 1 and "leave out --steer leave" in leave.stderr
+    fresh = run_cli(*flags[:2], "-t", tmp_path / "fresh", *flags[4:], "--steer", "leave",
+                    "-o", tmp_path / "f", cwd=tmp_path)  # a new model, units by default
+    assert fresh.returncode == 1 and "--head average" in fresh.stderr
+    assert not (tmp_path / "fresh" / "model.keras").exists()
