@@ -326,8 +326,12 @@ def continuation_rows(tool, args, train_folder, run_folder, held_out, frames, ra
                                        train_folder, reference)),
             "random seeds": medians(following(tool, random_pieces, truths, train_folder,
                                               reference))}
-    for label, flags in (("grains", "--synthesis grains"), ("spectra", "--synthesis spectra"),
-                         ("walk", "--steer join")):
+    ways = {"grains": "--synthesis grains", "spectra": "--synthesis spectra",
+            "walk": "--steer join"}
+    model = run_folder / "train_data" / "model.keras"
+    if tool.read_checkpoint_metadata(model)[0].get("head") == "units":
+        del ways["spectra"]  # a units model predicts no spectrum to sound (grains only)
+    for label, flags in ways.items():
         name = f"continue-{label}"
         reports, _ = run_tool(train_folder, run_folder, frames, args,
                               variant=(name, f"{flags} --seed-wav {' '.join(map(str, seeds))}"))
