@@ -5015,6 +5015,9 @@ def compose_from_folder(config):
     rng = seeded_randomness(config)
     if config.epochs > 0:
         network, metadata = train_network(config, cache, latest, rng)
+        # Generation's randomness starts anew, so a seed gives the same pieces (and the same
+        # seed clips as --steer join's) whether the model was just trained or read back (-e 0)
+        rng = np.random.default_rng(config.random_seed)
     else:
         path, metadata = checkpoint[:2]
         say(f"Device: {describe_device()}.")

@@ -249,6 +249,11 @@ def test_random_seed_makes_a_run_repeatable(tmp_path):
         outputs.append([(folder / f"output-{i}.wav").read_bytes() for i in range(2)])
     assert outputs[0] == outputs[1]
     assert outputs[0][0] != outputs[0][1]  # each piece has its own seed window
+    # The same seed from the saved model (-e 0) gives the pieces written right after training
+    again = run_cli("-d", music, "-t", tmp_path / "first" / "cache", "-e", "0", "-g", "2",
+                    "-s", "2", "-o", "again", *TINY, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert [(tmp_path / f"again-{i}.wav").read_bytes() for i in range(2)] == outputs[0]
 
 
 def test_two_ctrl_c_during_training_quit(tmp_path):
