@@ -4805,8 +4805,8 @@ def training_flags(parser):
                                "CUDA_VISIBLE_DEVICES chooses which are visible)")
     training.add_argument("--head", choices=list(HEADS),
                           help="what the network predicts: " + described(HEADS)
-                          + " (default: the checkpoint's; for a new model, units with grains, average "
-                               "with --synthesis spectra)")
+                          + " (default: the checkpoint's; for a new model, units with grains, "
+                            "average with --synthesis spectra)")
     training.add_argument("--sequence-seconds", type=sequence_seconds, metavar="SECONDS",
                           help=f"length of the music the network learns from at a time (and of "
                                f"a seed), at least 1; shortened when the music is too short "
