@@ -4992,8 +4992,8 @@ def compose_from_folder(config):
             say(f"Using the checkpoint's network size, -n {size[0]} -l {size[1]} (no -n or -l "
                 f"given).")
         config = dataclasses.replace(config, hidden_neurons=size[0], hidden_layers=size[1])
-    units = (latest[1].get("head") if latest and not config.head else default_head(config)) \
-        == "units"
+    # a checkpoint's head (find_checkpoint refused any other --head), else a new model's
+    units = (latest[1].get("head") if latest else default_head(config)) == "units"
     if units and config.synthesis != "grains":
         raise UserError(f"The model in {config.cache_dir} predicts units of your music's own "
                         f"sound, which only grains can play: leave out --synthesis spectra, or "
@@ -5012,12 +5012,9 @@ def compose_from_folder(config):
     seed_wavs = read_seed_wavs(config.seed_wavs, config.frames, config.sequence_seconds) \
         if config.seed_wavs else None
     cache = prepare_cache(config.dataset_dir, config.cache_dir, config.frames)
-    rng = seeded_randomness(config)
+    training_rng = seeded_randomness(config)
     if config.epochs > 0:
-        network, metadata = train_network(config, cache, latest, rng)
-        # Generation's randomness starts anew, so a seed gives the same pieces (and the same
-        # seed clips as --steer join's) whether the model was just trained or read back (-e 0)
-        rng = np.random.default_rng(config.random_seed)
+        network, metadata = train_network(config, cache, latest, training_rng)
     else:
         path, metadata = checkpoint[:2]
         say(f"Device: {describe_device()}.")
@@ -5025,8 +5022,8 @@ def compose_from_folder(config):
         network = Network(load_checkpoint_model(path), Normalisation(*checkpoint[2:]),
                           metadata.get("units"))
     with disk_space_for_pieces(config):
-        return compose(config, network_choice(network, config.steer), cache, rng, seed_wavs,
-                       metadata)
+        return compose(config, network_choice(network, config.steer), cache,
+                       generation_randomness(config), seed_wavs, metadata)
 
 
 def walk_from_folder(config):
@@ -5037,9 +5034,16 @@ def walk_from_folder(config):
     seed_wavs = read_seed_wavs(config.seed_wavs, config.frames, config.sequence_seconds) \
         if config.seed_wavs else None
     cache = prepare_cache(config.dataset_dir, config.cache_dir, config.frames)
-    rng = np.random.default_rng(config.random_seed)
     with disk_space_for_pieces(config):
-        return compose(config, JoinAlone(cache.normalisation), cache, rng, seed_wavs)
+        return compose(config, JoinAlone(cache.normalisation), cache,
+                       generation_randomness(config), seed_wavs)
+
+
+def generation_randomness(config):
+    """Generation's own NumPy generator, apart from training's: a seed gives the same pieces
+    whether the model was just trained or read back (-e 0), and the walk (--steer join) the
+    same seed clips as the network."""
+    return np.random.default_rng(config.random_seed)
 
 
 def seeded_randomness(config):
