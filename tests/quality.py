@@ -217,39 +217,73 @@ def stretch_features(tool, audio, seconds=STRETCH_SECONDS):
     return np.array(rows)
 
 
-def music_stretches(tool, train_folder, count, seed=0, seconds=STRETCH_SECONDS):
-    """`count` random stretches of the training music, from its WAV files."""
+def music_stretches(tool, train_folder, count, seed=0, seconds=STRETCH_SECONDS, folds=5):
+    """`count` random stretches of the training music, from its WAV files: (features, groups).
+    A stretch's group is its file, so that no file's sound is on both sides of a fold; where the
+    music has fewer files than `folds`, its file's 30-s span (a piece's length) instead."""
     rng = np.random.default_rng(seed)
     audios = [tool.read_wav(path)[0] for path in sorted(train_folder.glob("*.wav"))]
     audios = [audio for audio in audios if len(audio) > seconds * RATE]
-    stretches = []
+    stretches, groups = [], []
     for _ in range(count):
-        audio = audios[rng.integers(len(audios))]
-        start = rng.integers(len(audio) - seconds * RATE)
-        stretches.append(audio[start : start + seconds * RATE])
-    return stretch_features(tool, np.concatenate(stretches), seconds)
+        index = rng.integers(len(audios))
+        start = rng.integers(len(audios[index]) - seconds * RATE)
+        stretches.append(audios[index][start : start + seconds * RATE])
+        groups.append(index if len(audios) >= folds else
+                      index * 10_000 + start // (PIECE_SECONDS * RATE))
+    return stretch_features(tool, np.concatenate(stretches), seconds), np.array(groups)
 
 
-def told_apart(tool, audios, train_folder, seconds=STRETCH_SECONDS):
-    """How often a classifier tells stretches of `audios` from as many of the training music:
-    the better of a logistic regression and a random forest, cross-validated (5 folds; fewer
-    when there are few stretches). 0.5 is chance: it cannot tell them apart."""
+def piece_stretches(tool, audios, seconds=STRETCH_SECONDS):
+    """The stretches of each audio in turn: (features, groups), a stretch's group its audio."""
+    features = [stretch_features(tool, audio, seconds) for audio in audios]
+    groups = np.concatenate([np.full(len(rows), index) for index, rows in enumerate(features)])
+    return np.concatenate(features), groups
+
+
+def grouped_told_apart(pieces, piece_groups, music, music_groups, folds=5):
+    """How often a classifier tells the pieces' stretches (features, one row each) from the
+    music's: the better of a logistic regression and a random forest, cross-validated with
+    folds grouped by piece and by the music's file (StratifiedGroupKFold): no piece or file is on
+    both sides of a fold, so the classifier cannot learn each piece's own sound and tell it by
+    that. 0.5 is chance; nan when there are too few pieces or files to fold."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    pieces = np.concatenate([stretch_features(tool, audio, seconds) for audio in audios])
-    if len(pieces) < 2:
+    folds = min(folds, len(np.unique(piece_groups)), len(np.unique(music_groups)))
+    if folds < 2:
         return float("nan")
-    music = music_stretches(tool, train_folder, len(pieces), seconds=seconds)
     features = np.concatenate([pieces, music])
     labels = np.r_[np.ones(len(pieces)), np.zeros(len(music))]
-    folds = StratifiedKFold(min(5, len(pieces)), shuffle=True, random_state=0)
-    return max(float(np.mean(cross_val_score(model, features, labels, cv=folds)))
+    # Groups of the two sides never share a number: the music's are offset past the pieces'.
+    groups = np.r_[piece_groups, np.max(piece_groups) + 1 + music_groups]
+    split = StratifiedGroupKFold(folds, shuffle=True, random_state=0)
+    return max(float(np.mean(cross_val_score(model, features, labels, groups=groups, cv=split)))
                for model in (make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
                              RandomForestClassifier(200, random_state=0)))
+
+
+def told_apart(tool, audios, train_folder, seconds=STRETCH_SECONDS):
+    """How often stretches of `audios` (each one piece) are told from as many random stretches
+    of the training music, with grouped folds (grouped_told_apart)."""
+    pieces, piece_groups = piece_stretches(tool, audios, seconds)
+    if len(pieces) < 2:
+        return float("nan")
+    music, music_groups = music_stretches(tool, train_folder, len(pieces), seconds=seconds)
+    return grouped_told_apart(pieces, piece_groups, music, music_groups)
+
+
+HELD_OUT_SPAN_SECONDS = 10
+
+
+def held_out_parts(audio):
+    """The held-out piece cut into spans of HELD_OUT_SPAN_SECONDS, judged as that many pieces:
+    one file of real music the network never heard, the told-apart a real new piece gets."""
+    size = HELD_OUT_SPAN_SECONDS * RATE
+    return [audio[start : start + size] for start in range(0, len(audio) - size + 1, size)]
 
 
 # -----------------------------------------------------------------------------
@@ -432,14 +466,15 @@ def print_table(results):
           "1-s spectra 2-8 s apart, piece / music / held-out; verbatim: longest stretch (s) "
           "and share of time in stretches of 2 s or more; pulse and tempo: the beat's strength and "
           "the share of 6-s windows keeping the piece's tempo, piece / music / held-out; told "
-          "apart: how often a classifier tells 3-s stretches from the training music, pieces / "
-          "held-out piece (0.5: chance), then 10-s stretches of the pieces. 'walk G s': no "
+          "apart: how often a classifier tells 3-s stretches from the training music, folds grouped "
+          "by piece, pieces / held-out piece (0.5: chance), then 10-s stretches, pieces / "
+          "held-out piece. 'walk G s': no "
           "network (--steer join) with a copy guard of G s; * marks the walk whose copying is "
           "nearest the network's, the control its row is read against.")
     header = (f"{'set':<11}{'frames':<10}{'sampling':<10}{'music dB':>9}{'first':>7}{'last':>7}"
               f"{'clicks':>7}{'move':>6}{'distance':>9}{'held-out':>9}{'rebuilt':>8}"
               f"{'pitch':>22}{'notes/s':>15}{'structure':>16}{'verbatim':>11}{'pulse':>16}"
-              f"{'tempo':>16}{'told apart 3s 10s':>16}"
+              f"{'tempo':>16}{'told apart 3s 10s':>21}"
               f"  meet (level/fade/clicks/movement/distance/pitch/copy)")
     print(header)
     for (name, frames, label), figures in results.items():
@@ -454,7 +489,8 @@ def print_table(results):
         tempo = "/".join(f"{100 * figures[key]:.0f}" for key in ("tempo_kept", "music_tempo_kept",
                                                                 "held_out_tempo_kept"))
         told = (f"{figures['told_apart']:.2f}/{figures['held_out_told_apart']:.2f} "
-                f"{figures.get('told_apart_10s', float('nan')):.2f}")
+                f"{figures.get('told_apart_10s', float('nan')):.2f}/"
+                f"{figures.get('held_out_told_apart_10s', float('nan')):.2f}")
         label = label + ("*" if figures.get("matched") else "")
         structure = "/".join(f"{figures[key]:.2f}" for key in (
             "structure", "music_structure", "held_out_structure"))
@@ -465,8 +501,40 @@ def print_table(results):
               f"{figures['clicks']:>7}{figures['movement']:>6}"
               f"{figures['spectral_distance']:>9}{figures['held_out_distance']:>9}"
               f"{figures['held_out_rebuilt_distance']:>8}{pitch:>22}{notes:>15}{structure:>16}"
-              f"{verbatim:>11}{pulse:>16}{tempo:>16}{told:>16}  "
+              f"{verbatim:>11}{pulse:>16}{tempo:>16}{told:>21}  "
               f"{meet} of {figures['pieces']}")
+
+
+def frontier_rows(results, guard_labels):
+    """The frontier: per set, the network and the walk at each copy guard, side by side (the
+    same seed clips), as (set, guard, network figures or None, walk figures or None).
+    guard_labels: {guard in seconds, as written: the network's sampling label at that guard}."""
+    rows = []
+    for name in dict.fromkeys(key[0] for key in results):
+        for guard, label in guard_labels.items():
+            rows.append((name, guard, results.get((name, "magnitude", label)),
+                         results.get((name, "magnitude", f"walk {guard} s"))))
+    return [row for row in rows if row[2] or row[3]]
+
+
+def print_frontier(results, guard_labels):
+    """Told apart (3 s / 10 s), pulse, pitch and the time in verbatim stretches of 2 s or more,
+    network beside walk at each copy guard, with the held-out piece's told apart beside."""
+    def cells(figures):
+        if figures is None:
+            return "-"
+        return (f"{figures['told_apart']:.2f}/{figures.get('told_apart_10s', float('nan')):.2f}"
+                f" p{figures['pulse']:.2f} {100 * figures['pitch_clarity']:.0f}% "
+                f"{100 * figures['verbatim_2s_share']:.0f}%")
+
+    print("\nThe frontier: told apart 3 s / 10 s (grouped folds), pulse, pitch clarity, time "
+          "in verbatim stretches >= 2 s; network | walk (--steer join), same seed clips.")
+    for name, guard, network, walk in frontier_rows(results, guard_labels):
+        real = network or walk
+        print(f"{name:<11}guard {guard:>3} s  {cells(network):<30}| {cells(walk):<30}"
+              f"held-out {real['held_out_told_apart']:.2f}/"
+              f"{real.get('held_out_told_apart_10s', float('nan')):.2f}, music pulse "
+              f"{real['music_pulse']:.2f}, pitch {100 * real['music_pitch_clarity']:.0f}%")
 
 
 def main():
@@ -491,6 +559,10 @@ def main():
                         help="also write pieces with no network (--steer join) at these copy "
                              "guards, and mark the one whose copying is nearest the network's: "
                              "the control (default: 1,2,4; '' for none)")
+    parser.add_argument("--network-guards", default="1,2", metavar="SECONDS",
+                        help="also generate from each trained model at these copy guards "
+                             "(generation only, -e 0): with the default row (the tool's guard) "
+                             "and the walk's, the frontier (default: 1,2; '' for none)")
     parser.add_argument("--tool-flags", default="", metavar="FLAGS",
                         help="flags for every run of the tool, training included, e.g. "
                              "'--head average --sequence-seconds 1' (a candidate to compare)")
@@ -546,22 +618,27 @@ def main():
                 else:
                     runs.append((label, *run_tool(train_folder, run_folder, frames, args,
                                                   variant=(label, flags))))
-            if frames == "magnitude":  # the walk sounds grains, which need magnitude frames
-                for guard in filter(None, args.walk_guards.split(",")):
-                    label, walk = f"walk {guard} s", f"walk{guard}"
-                    done = reports_of(run_folder, walk)
+            if frames == "magnitude":  # the guards and the walk are grains' (magnitude frames)
+                guarded = [(f"network {guard} s", f"net{guard}", f"--copy-limit {guard}")
+                           for guard in filter(None, args.network_guards.split(","))]
+                guarded += [(f"walk {guard} s", f"walk{guard}",
+                             f"--steer join --copy-limit {guard}")
+                            for guard in filter(None, args.walk_guards.split(","))]
+                for label, stem, flags in guarded:
+                    done = reports_of(run_folder, stem)
                     if args.report_only or (args.reuse and done):
                         runs.append((label, done, float("nan")))
                     else:
-                        runs.append((label, *run_tool(
-                            train_folder, run_folder, frames, args,
-                            variant=(walk, f"--steer join --copy-limit {guard}"))))
+                        runs.append((label, *run_tool(train_folder, run_folder, frames, args,
+                                                      variant=(stem, flags))))
             if args.remeasure:
                 reference = tool.prepare_cache(train_folder, run_folder / "train_data",
                                                frames).reference
                 runs = [(label, remeasured(tool, reports, run_folder, reference), seconds)
                         for label, reports, seconds in runs]
-            held_out_told = told_apart(tool, [tool.read_wav(held_out)[0]], train_folder)
+            real_parts = held_out_parts(tool.read_wav(held_out)[0])
+            held_out_told = [round(told_apart(tool, real_parts, train_folder, seconds), 2)
+                             for seconds in (STRETCH_SECONDS, LONG_STRETCH_SECONDS)]
             if args.continuations and not args.report_only:
                 random_pieces = [tool.read_wav(run_folder / report["file"])[0]
                                  for report in reports]
@@ -578,12 +655,15 @@ def main():
                 figures.update(told_apart=round(told_apart(tool, pieces, train_folder), 2),
                                told_apart_10s=round(told_apart(tool, pieces, train_folder,
                                                                LONG_STRETCH_SECONDS), 2),
-                               held_out_told_apart=round(held_out_told, 2))
+                               held_out_told_apart=held_out_told[0],
+                               held_out_told_apart_10s=held_out_told[1])
                 results[(name, frames, label)] = figures
                 print(json.dumps({"set": name, "frames": frames, "sampling": label, **figures}),
                       flush=True)
             mark_matched_walk(results, name, frames)
     print_table(results)
+    guards = {guard: f"network {guard} s" for guard in filter(None, args.network_guards.split(","))}
+    print_frontier(results, {**guards, f"{tool.COPY_LIMIT_SECONDS:g}": "default"})
     settings = {key: getattr(args, key) for key in ("epochs", "neurons", "layers", "pieces",
                                                     "random_seed", "tool_flags")}
     (args.work / "quality.json").write_text(json.dumps(
