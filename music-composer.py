@@ -231,6 +231,10 @@ def say(message):
     print(message, flush=True)
 
 
+def plural(count, word):
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -322,7 +326,7 @@ def check_decoding_cost(num_samples, channels, rate, itemsize, machine_memory):
     """Refuse, before any decoding, a file whose header makes it cost more than a real file of
     its length ever would (a stereo 16-bit one at 44.1 kHz), or more than half the machine."""
     seconds = num_samples / rate if rate > 0 else math.inf
-    claim = f"it says {rate:,} Hz, {channels} channel(s), {seconds:,.1f} s"
+    claim = f"it says {rate:,} Hz, {plural(channels, 'channel')}, {seconds:,.1f} s"
     if not LOWEST_RATE <= rate <= HIGHEST_RATE:
         raise UnusableAudio(f"{claim}: a sample rate outside what audio uses ({LOWEST_RATE:,} "
                             f"to {HIGHEST_RATE:,} Hz), so its header is probably damaged")
@@ -1650,7 +1654,7 @@ def remove_stale_cache_folders(cache_dir, keep):
 
 
 def no_music_message(dataset_dir, music_paths, skipped, others=()):
-    found = (f"found {len(music_paths)} music file(s), none usable" if music_paths
+    found = (f"found {plural(len(music_paths), 'music file')}, none usable" if music_paths
              else f"found no music files ({FORMATS_READ})")
     return (f"No usable music in {dataset_dir}: {found}"
             + (f" (skipped: {', '.join(skipped)})" if skipped else "")
@@ -1671,7 +1675,7 @@ def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
     fingerprint = dataset_fingerprint(music_paths, kind)
     cache = load_cache(cache_dir, fingerprint)
     if cache is not None:
-        say(f"Reusing the frame cache in {cache_dir}: {len(cache.file_names)} file(s), "
+        say(f"Reusing the frame cache in {cache_dir}: {plural(len(cache.file_names), 'file')}, "
             f"{len(cache.frames)} frames ({len(cache.frames) / FRAMES_PER_SECOND / 60:.1f} min).")
         return cache
     older = older_cache_version(cache_dir)
@@ -1679,15 +1683,17 @@ def prepare_cache(dataset_dir, cache_dir, kind=DEFAULT_FRAMES):
         say(f"The frame cache in {cache_dir} was made by an older version of this tool "
             f"(cache version {older}, now {CACHE_VERSION}: it now keeps "
             f"the music's beat, so that grains keep it); rebuilding it.")
-    say(f"Building the frame cache in {cache_dir} from {len(music_paths)} music file(s)...")
+    say(f"Building the frame cache in {cache_dir} from "
+        f"{plural(len(music_paths), 'music file')}...")
     started = time.perf_counter()
     with disk_space_for(cache_dir, "the frame cache", "-t/--traindata-folder-path",
                         cache_bytes(music_paths)):
         used, skipped = build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind)
     cache = load_cache(cache_dir, fingerprint)
     minutes = sum(seconds for _, seconds in used) / 60
-    say(f"Cached {len(cache.frames)} frames from {len(used)} file(s), {minutes:.1f} min of music"
-        f"{f', {len(skipped)} skipped' if skipped else ''}, in {time.perf_counter() - started:.1f} s.")
+    say(f"Cached {len(cache.frames)} frames from {plural(len(used), 'file')}, {minutes:.1f} min "
+        f"of music{f', {len(skipped)} skipped' if skipped else ''}, in "
+        f"{time.perf_counter() - started:.1f} s.")
     return cache
 
 
@@ -2724,12 +2730,59 @@ def training_batches(model, cache, metadata, config, rng, replicas):
     # A units head learns each next frame's unit; the others, the frame itself.
     labels = unit_labels(cache.codes, np.array(metadata["units"], np.float32)) \
         if "units" in metadata else None
+    if labels is not None:  # what counting reaches on the same held-out steps
+        metadata["counting"] = unit_counting(labels, train_starts, validation_starts, length,
+                                             len(metadata["units"]))
     training = make_batches(cache.frames, train_starts, batch_size, rng, shuffle=True,
                             input_noise=SAMPLING[config.frames]["input_noise"],
                             multiple=replicas, length=length, labels=labels)
     validation = make_batches(cache.frames, validation_starts, batch_size, rng, shuffle=False,
                               multiple=replicas, length=length, labels=labels)
     return training, validation
+
+
+BIGRAM_SMOOTHING, BIGRAM_UNIGRAM_SHARE = 0.1, 0.3  # add-0.1 counts, mixed 0.3 with unigram
+
+
+def unit_counting(labels, train_starts, validation_starts, length, units):
+    """What counting predicts of the held-out music, beside the network: the held-out
+    next-unit loss (nats, over the very steps val_loss averages) of a unigram (the units'
+    frequencies) and a bigram (the next unit from the current frame's alone, add-0.1, mixed 0.3
+    with the unigram), both counted on the training part; the uniform guess's; and how often the
+    next unit is simply the current one ('stay'). labels: (num_frames,) each frame's unit."""
+    def steps(starts):  # (current, next) unit of every step of these sequences
+        frames = (np.asarray(starts)[:, None] + np.arange(length)).ravel()
+        return labels[frames], labels[frames + 1]
+
+    frames = np.unique((np.asarray(train_starts)[:, None] + np.arange(length)).ravel())
+    now, following = labels[frames], labels[frames + 1]  # each training step counted once
+    unigram = np.bincount(following, minlength=units) + BIGRAM_SMOOTHING
+    unigram /= unigram.sum()
+    pairs = np.full((units, units), BIGRAM_SMOOTHING)
+    np.add.at(pairs, (now, following), 1.0)
+    bigram = ((1 - BIGRAM_UNIGRAM_SHARE) * pairs / pairs.sum(axis=1, keepdims=True)
+              + BIGRAM_UNIGRAM_SHARE * unigram)
+    now, following = steps(validation_starts)
+    return {"bigram": float(-np.mean(np.log(bigram[now, following]))),
+            "unigram": float(-np.mean(np.log(unigram[following]))),
+            "uniform": float(np.log(units)), "stay": float(np.mean(now == following))}
+
+
+def held_out_prediction(metadata):
+    """One line: how well the network predicts the held-out music (each file's last tenth),
+    at the checkpoint that generates and at its best epoch, beside counting (unit_counting);
+    None for a network that predicts frames, or before any epoch."""
+    counting, history = metadata.get("counting"), metadata.get("history")
+    if not counting or not history:
+        return None
+    best = min(history, key=lambda entry: entry["val_loss"])
+    verdict = "better than" if history[-1]["val_loss"] < counting["bigram"] \
+        else "not yet as good as"
+    return (f"Held-out music (each file's last tenth): the network predicts the next unit at "
+            f"{history[-1]['val_loss']:.2f} nats after epoch {history[-1]['epoch']} (best "
+            f"{best['val_loss']:.2f}, epoch {best['epoch']}); counting: bigram "
+            f"{counting['bigram']:.2f}, unigram {counting['unigram']:.2f}, uniform "
+            f"{counting['uniform']:.2f}: {verdict} the bigram. Lower is better.")
 
 
 def model_after_training(model, ctrl_c, diverged, metadata, cache_dir):
@@ -2742,8 +2795,8 @@ def model_after_training(model, ctrl_c, diverged, metadata, cache_dir):
     if ctrl_c.requested and ctrl_c.signum == signal.SIGTERM:
         raise Terminated
     if ctrl_c.requested:
-        say(f"Training interrupted after {metadata['epochs_done']} epoch(s); the next run goes "
-            f"on from the batch reached. Moving on to generation (press Ctrl-C again to quit).")
+        say(f"Training interrupted after {plural(metadata['epochs_done'], 'epoch')}; the next run "
+            f"goes on from the batch reached. Moving on to generation (press Ctrl-C again to quit).")
         return reload_last_checkpoint(model, cache_dir)
     if diverged:
         warn("the loss became NaN; training stopped and the last good checkpoint was kept.")
@@ -4200,13 +4253,13 @@ def sound_pieces(plan, choice, cache, seeds, paths, rng):
 
 def announce(plan, seeds):
     if seeds.endings is not None:
-        say(f"Continuing {len(seeds.frames)} piece(s) of your own for {plan.seconds} s each; "
-            f"every file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed"
+        say(f"Continuing {plural(len(seeds.frames), 'piece')} of your own for {plan.seconds} s "
+            f"each; every file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed"
             + (", whose own recording joins the music its grains choose from."
                if seeds.music else "."))
     else:
-        say(f"Generating {len(seeds.frames)} piece(s) of {plan.seconds} s, seeded with random "
-            f"{seeds.frames.shape[1] / FRAMES_PER_SECOND:g} s clips of the training music, "
+        say(f"Generating {plural(len(seeds.frames), 'piece')} of {plan.seconds} s, seeded with "
+            f"random {seeds.frames.shape[1] / FRAMES_PER_SECOND:g} s clips of the training music, "
             f"sounded as {plan.synthesis}" + (", chosen by the join alone (no network)..."
                                               if plan.steer == "join" else "..."))
 
@@ -4223,7 +4276,7 @@ def compose(config, choice, cache, rng, seed_wavs=None, metadata=None):
     announce(plan, seeds)
     paths = output_paths(config.output_name, len(seeds.frames))
     synthesis, paths = sound_pieces(plan, choice, cache, seeds, paths, rng)
-    say(f"Wrote {len(paths)} piece(s).")
+    say(f"Wrote {plural(len(paths), 'piece')}.")
     reports = report_quality(paths, cache.reference, seeds.seconds_before,
                              piece_extras(synthesis, cache, seeds, paths, seed_wavs))
     if config.plots:
@@ -4277,15 +4330,29 @@ def save_figure(figure, path):
     return path
 
 
-def plot_loss_curve(history, path):
-    """Training and validation loss of every epoch so far, across resumed runs too."""
+LOSS_LABELS = {"average": "mean squared error (normalised frames)",
+               "median": "mean absolute error (normalised frames)",
+               "mixture": "negative log-likelihood per feature (nats)",
+               "units": "cross-entropy of the next unit (nats)"}
+
+
+def plot_loss_curve(metadata, path):
+    """Training and validation loss of every epoch so far, across resumed runs too, labelled
+    as the head's loss; a units model's beside what counting reaches on the held-out music."""
     plt = pyplot()
+    history = metadata["history"]
     epochs = [entry["epoch"] for entry in history]
     figure, axes = plt.subplots(figsize=(7, 4))
     axes.plot(epochs, [entry["loss"] for entry in history], "o-", label="training loss")
-    axes.plot(epochs, [entry["val_loss"] for entry in history], "s-", label="validation loss")
-    axes.set(xlabel="epoch", ylabel="mean squared error (normalised frames)", yscale="log",
-             title="Training progress")
+    axes.plot(epochs, [entry["val_loss"] for entry in history], "s-",
+              label="validation loss (held-out music)")
+    for name, style in (("bigram", "--"), ("unigram", ":")):
+        if name in metadata.get("counting", {}):
+            axes.axhline(metadata["counting"][name], color="grey", linestyle=style,
+                         label=f"{name} on the held-out music (counting)")
+    head = metadata.get("head", "average")
+    axes.set(xlabel="epoch", ylabel=LOSS_LABELS.get(head, "loss"),
+             yscale="linear" if head == "units" else "log", title="Training progress")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -4401,10 +4468,6 @@ def shown_figure(value, spec, unit):
     return "too short" if missing(value) else format(value, spec) + unit
 
 
-def plural(count, word):
-    return f"{count} {word}" if count == 1 else f"{count} {word}s"
-
-
 def figure_cell(report, key, music_key, spec, unit, far):
     """One figure of a report as a table cell, marked when far from the music's."""
     value, music = report[key], report.get(music_key) if music_key else None
@@ -4472,7 +4535,7 @@ def page_html(config, cache, metadata, pieces, page, excerpt):
     seconds = (len(cache.frames)) / FRAMES_PER_SECOND
     loss = config.cache_dir / "loss.png"
     model = (f"-n {metadata['hidden_neurons']} -l {metadata['hidden_layers']}, trained for "
-             f"{metadata['epochs_done']} epoch(s), from <code>"
+             f"{plural(metadata['epochs_done'], 'epoch')}, from <code>"
              f"{html.escape(str(config.cache_dir / CHECKPOINT_NAME))}</code>"
              if metadata else "")
     names = ", ".join(cache.file_names[:12]) + (f" and {len(cache.file_names) - 12} more"
@@ -4488,7 +4551,9 @@ def page_html(config, cache, metadata, pieces, page, excerpt):
         f"{time.strftime('%Y-%m-%d %H:%M')}.</p>",
         "<h2>The run</h2><ul>",
         f"<li>The model: {model}.</li>" if model else "",
-        f"<li>The training music: {len(cache.file_names)} file(s), {seconds / 60:.1f} min "
+        f"<li>{html.escape(held_out_prediction(metadata))}</li>"
+        if metadata and held_out_prediction(metadata) else "",
+        f"<li>The training music: {plural(len(cache.file_names), 'file')}, {seconds / 60:.1f} min "
         f"({html.escape(names)}); level {cache.reference.rms_db:.1f} dB.</li>",
         f"<li>Sounded as {plan.synthesis}, "
         + ("chosen by the join alone, no network" if plan.steer == "join"
@@ -5018,7 +5083,9 @@ def compose_from_folder(config):
     else:
         path, metadata = checkpoint[:2]
         say(f"Device: {describe_device()}.")
-        say(f"Generating from {path}, trained for {metadata['epochs_done']} epoch(s).")
+        say(f"Generating from {path}, trained for {plural(metadata['epochs_done'], 'epoch')}.")
+        if held_out_prediction(metadata):
+            say(held_out_prediction(metadata))
         network = Network(load_checkpoint_model(path), Normalisation(*checkpoint[2:]),
                           metadata.get("units"))
     with disk_space_for_pieces(config):
@@ -5068,9 +5135,11 @@ def train_network(config, cache, latest, rng):
     if devices:  # generation steps one frame at a time: one device, the saved weights
         model = load_checkpoint_model(path)
     metadata, mean, std = read_checkpoint_metadata(path)
+    if held_out_prediction(metadata):
+        say(held_out_prediction(metadata))
     if config.plots:
         with disk_space_for(config.cache_dir, "the loss curve", "-t/--traindata-folder-path"):
-            curve = plot_loss_curve(metadata["history"], config.cache_dir / "loss.png")
+            curve = plot_loss_curve(metadata, config.cache_dir / "loss.png")
         say(f"Loss curve: {curve}")
     return Network(model, Normalisation(mean, std), metadata.get("units")), metadata
 

@@ -379,6 +379,26 @@ def continuation_rows(tool, args, train_folder, run_folder, held_out, frames, ra
     return rows
 
 
+def held_out_prediction(tool, run_folder):
+    """The trained network's held-out next-unit loss (nats) at its last epoch and its best,
+    beside counting's (the tool's unit_counting), from its checkpoint; {} for a model of
+    frames."""
+    model = run_folder / "train_data" / "model.keras"
+    if not model.exists():
+        return {}
+    metadata = tool.read_checkpoint_metadata(model)[0]
+    if "counting" not in metadata or not metadata.get("history"):
+        return {}
+    history = metadata["history"]
+    best = min(history, key=lambda entry: entry["val_loss"])
+    return {"held_out_loss": round(history[-1]["val_loss"], 3),
+            "best_held_out_loss": round(best["val_loss"], 3), "best_epoch": best["epoch"],
+            "units": len(metadata["units"]),
+            **{f"{name}_loss": round(metadata["counting"][name], 3)
+               for name in ("bigram", "unigram", "uniform")},
+            "stay": round(metadata["counting"]["stay"], 3)}
+
+
 def summary(reports, held_out_pair, seconds):
     """Medians over the pieces, and how many pieces meet each target."""
     held_out, rebuilt = held_out_pair
@@ -466,8 +486,8 @@ def print_table(results):
           "1-s spectra 2-8 s apart, piece / music / held-out; verbatim: longest stretch (s) "
           "and share of time in stretches of 2 s or more; pulse and tempo: the beat's strength and "
           "the share of 6-s windows keeping the piece's tempo, piece / music / held-out; told "
-          "apart: how often a classifier tells 3-s stretches from the training music, folds grouped "
-          "by piece, pieces / held-out piece (0.5: chance), then 10-s stretches, pieces / "
+          "apart: how often a classifier tells 3-s stretches from the training music, folds "
+          "grouped by piece, pieces / held-out piece (0.5: chance), then 10-s stretches, pieces / "
           "held-out piece. 'walk G s': no "
           "network (--steer join) with a copy guard of G s; * marks the walk whose copying is "
           "nearest the network's, the control its row is read against.")
@@ -583,7 +603,7 @@ def main():
     args = parser.parse_args()
 
     tool = load_tool()
-    results, continuations = {}, {}
+    results, continuations, predictions = {}, {}, {}
     for name in args.sets.split(","):
         if name == "synthetic":
             train_folder, held_out = synthetic_set(tool, args.work / "synthetic")
@@ -601,6 +621,11 @@ def main():
                 reports, seconds = run_tool(train_folder, run_folder, frames, args)
                 (run_folder / "run.json").write_text(json.dumps({"seconds": seconds}))
             held_out_pair = held_out_figures(tool, train_folder, run_folder, held_out, frames)
+            prediction = held_out_prediction(tool, run_folder)
+            if prediction:
+                predictions[(name, frames)] = prediction
+                print(json.dumps({"set": name, "frames": frames, "prediction": prediction}),
+                      flush=True)
             runs = [("default", reports, seconds)]
             for temperature in filter(None, args.temperatures.split(",")):
                 done = reports_of(run_folder, f"t{temperature}")
@@ -666,12 +691,21 @@ def main():
     print_frontier(results, {**guards, f"{tool.COPY_LIMIT_SECONDS:g}": "default"})
     settings = {key: getattr(args, key) for key in ("epochs", "neurons", "layers", "pieces",
                                                     "random_seed", "tool_flags")}
+    for (name, frames), prediction in predictions.items():
+        print(f"{name:<11}{frames:<10}held-out next-unit loss (nats): network "
+              f"{prediction['held_out_loss']:.2f} at the last epoch (best "
+              f"{prediction['best_held_out_loss']:.2f}, epoch {prediction['best_epoch']}); "
+              f"bigram {prediction['bigram_loss']:.2f}, unigram {prediction['unigram_loss']:.2f}"
+              f", uniform {prediction['uniform_loss']:.2f} ({prediction['units']} units); the "
+              f"next unit is the current one {100 * prediction['stay']:.0f} % of the time")
     (args.work / "quality.json").write_text(json.dumps(
         {"settings": settings, "results": [{"set": name, "frames": frames, "sampling": label,
                                             **figures}
                                            for (name, frames, label), figures in results.items()],
          "continuations": [{"set": name, "frames": frames, **rows}
-                           for (name, frames), rows in continuations.items()]},
+                           for (name, frames), rows in continuations.items()],
+         "prediction": [{"set": name, "frames": frames, **prediction}
+                        for (name, frames), prediction in predictions.items()]},
         indent=1))
 
 

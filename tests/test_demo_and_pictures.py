@@ -80,7 +80,7 @@ def test_seed_wav_continues_music_the_network_never_heard(trained):
     result = run_cli("-d", music, "-t", root / "cache", "-e", "0", "-s", "2", "-o", "cont",
                      "--seed-wav", *unheard, *TINY, cwd=root)
     assert result.returncode == 0, result.stderr
-    assert "Continuing 2 piece(s)" in result.stdout
+    assert "Continuing 2 pieces" in result.stdout
     for index, source in enumerate(unheard):
         _, original = wavfile.read(source)
         rate, piece = wavfile.read(root / f"cont-{index}.wav")

@@ -219,7 +219,7 @@ def signal_during_generation(trained, name, signum):
          "-s", "3600", "-o", name, *TINY], cwd=root, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
     for line in process.stdout:
-        if line.startswith("Generating 2 piece(s)"):
+        if line.startswith("Generating 2 pieces"):
             break
     time.sleep(2.0)
     process.send_signal(signum)

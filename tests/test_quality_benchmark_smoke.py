@@ -12,7 +12,7 @@ from conftest import ROOT
 def test_quality_benchmark_runs_and_summarises_both_kinds(tmp_path):
     command = [sys.executable, str(ROOT / "tests" / "quality.py"), "--sets", "synthetic",
                "--temperatures", "0", "-e", "1", "-n", "8", "-l", "1", "--pieces", "2",
-               "--work", str(tmp_path), "--walk-guards", "1,4",
+               "--work", str(tmp_path), "--walk-guards", "1,4", "--network-guards", "1",
                # 1 s windows: four times the updates of one epoch of 8 s sequences, so that
                # even one epoch makes frames loud enough to show the joins (below)
                "--tool-flags", "--sequence-seconds 1"]
@@ -22,7 +22,8 @@ def test_quality_benchmark_runs_and_summarises_both_kinds(tmp_path):
     rows = {(row["frames"], row["sampling"]): row for row in summary["results"]}
     assert set(rows) == {(frames, sampling) for frames in ("magnitude", "plain")
                          for sampling in ("default", "T=0")} | {("magnitude", "walk 1 s"),
-                                                                ("magnitude", "walk 4 s")}
+                                                                ("magnitude", "walk 4 s"),
+                                                                ("magnitude", "network 1 s")}
     # The walk's control is the guard whose copying is nearest the network's.
     walks = [row for key, row in rows.items() if key[1].startswith("walk")]
     matched = [row for row in walks if row.get("matched")]
@@ -31,10 +32,19 @@ def test_quality_benchmark_runs_and_summarises_both_kinds(tmp_path):
                                      - network["verbatim_2s_share"]) == min(
         abs(row["verbatim_2s_share"] - network["verbatim_2s_share"]) for row in walks)
     assert all(row["longest_verbatim_s"] <= 4.0 for row in walks)
+    assert rows[("magnitude", "network 1 s")]["longest_verbatim_s"] <= 1.0
+    # The units network's held-out prediction beside counting (the plain frames' network
+    # predicts frames: no such figure); and the frontier, network beside walk at each guard.
+    (prediction,) = summary["prediction"]
+    assert prediction["frames"] == "magnitude" and prediction["bigram_loss"] > 0
+    assert prediction["held_out_loss"] > 0 and prediction["best_epoch"] == 1
+    assert "The frontier" in result.stdout and "guard   1 s" in result.stdout
     for row in rows.values():
         assert row["pieces"] == 2 and row["music_db"] < 0 and row["clicks"] > 0
         assert row["held_out_distance"] > 0
-        assert 0.0 <= row["told_apart"] <= 1.0 and 0.0 <= row["held_out_told_apart"] <= 1.0
+        assert 0.0 <= row["told_apart"] <= 1.0
+        # The melody's held-out piece is 30 s: three 10-s parts, enough for grouped folds.
+        assert 0.0 <= row["held_out_told_apart"] <= 1.0
         assert {"pulse", "music_pulse", "tempo_kept", "music_tempo_kept"} <= set(row)
     # Plain frames invert exactly, so the held-out piece rebuilt from them measures as itself;
     # magnitude frames lose the phase, and the rebuilt piece is further from the music.

@@ -99,7 +99,7 @@ CORPUS = [
     # Headers that lie or go to extremes: each a few KB, each bounded in memory (see
     # test_headers_that_lie_stay_within_a_memory_limit).
     ("rate-8-hz.wav", lambda p: p.write_bytes(riff(1, 1, 8, 16, pcm16(np.tile(SONG, 5)))),
-     "skipped", "8 Hz, 1 channel(s), 27,562.5 s: a sample rate outside what audio uses"),
+     "skipped", "8 Hz, 1 channel, 27,562.5 s: a sample rate outside what audio uses"),
     ("rate-2-ghz.wav", lambda p: p.write_bytes(riff(1, 1, 2_000_000_000, 16, pcm16(SONG[:2000]))),
      "skipped", "2,000,000,000 Hz"),
     ("rate-0-hz.wav", lambda p: p.write_bytes(riff(1, 1, 0, 16, pcm16(SONG[:2000]))), "skipped",

@@ -39,6 +39,43 @@ def test_a_units_batch_has_the_next_frames_units_as_targets(mc):
         np.testing.assert_array_equal(targets[row], labels[start + 1 : start + 5])
 
 
+def test_counting_scores_the_held_out_steps_as_val_loss_does(mc):
+    """Units that go 0, 1, 2, 0, 1, 2, ...: the bigram knows the next unit (its loss is that of
+    the 0.7 * (1 + 0.1) / (1 + 0.3) + 0.3 / 3 it gives the right one), the unigram does not
+    (log 3, near enough), nothing stays; the training part's counts make the bigram, the
+    held-out steps (every step of every validation sequence, as val_loss) score it."""
+    labels = (np.arange(200) % 3).astype(np.int32)
+    train, held_out = np.arange(0, 150, 2), np.arange(160, 190, 3)
+    counting = mc.unit_counting(labels, train, held_out, length=8, units=3)
+    right = 0.7 * (1 + 0.1 / counting_count(labels, train, 8)) / (1 + 0.3 / counting_count(
+        labels, train, 8)) + 0.3 * (1 / 3)
+    assert counting["bigram"] == pytest.approx(-np.log(right), rel=0.02)
+    assert counting["unigram"] == pytest.approx(np.log(3), abs=0.01)
+    assert counting["uniform"] == pytest.approx(np.log(3)) and counting["stay"] == 0.0
+    # A held part where the unit never changes: every step stays, and the bigram, counted on
+    # music that always moves on, is surprised.
+    steady = labels.copy()
+    steady[160:] = 1
+    surprised = mc.unit_counting(steady, train, held_out, length=8, units=3)
+    assert surprised["stay"] == 1.0 and surprised["bigram"] > counting["unigram"]
+
+
+def counting_count(labels, train, length):  # how often each unit follows each in training
+    frames = np.unique(train[:, None] + np.arange(length))
+    return len(frames) / 3
+
+
+def test_the_held_out_line_says_which_way_the_network_stands(mc):
+    metadata = {"counting": {"bigram": 2.0, "unigram": 3.0, "uniform": 4.0, "stay": 0.5},
+                "history": [{"epoch": 1, "loss": 3.0, "val_loss": 2.5},
+                            {"epoch": 2, "loss": 2.0, "val_loss": 1.9}]}
+    line = mc.held_out_prediction(metadata)
+    assert "1.90 nats after epoch 2 (best 1.90, epoch 2)" in line and "better than" in line
+    metadata["history"].append({"epoch": 3, "loss": 1.0, "val_loss": 2.2})
+    assert "not yet as good as" in mc.held_out_prediction(metadata)
+    assert mc.held_out_prediction({"history": metadata["history"]}) is None  # frames head
+
+
 @pytest.fixture(scope="module")
 def cache(mc, tmp_path_factory):
     folder = tmp_path_factory.mktemp("units-music")
@@ -100,6 +137,7 @@ def test_a_units_model_through_the_command_line(mc, tmp_path):
     trained = run_cli(*flags, "-e", "1", "-o", tmp_path / "u", cwd=tmp_path)  # no --head
     assert trained.returncode == 0, trained.stderr
     assert "units of sound" in trained.stdout
+    assert "Held-out music" in trained.stdout and "bigram" in trained.stdout
     with zipfile.ZipFile(tmp_path / "t" / "model.keras") as archive:
         metadata = json.loads(archive.read(mc.CHECKPOINT_METADATA))
     assert metadata["head"] == "units"
@@ -108,8 +146,12 @@ def test_a_units_model_through_the_command_line(mc, tmp_path):
     model = mc.load_checkpoint_model(tmp_path / "t" / "model.keras")
     assert mc.head_of(model).name == "units"
     assert model.get_layer("project_out").units == metadata["head_components"]
+    counting = metadata["counting"]
+    assert counting["uniform"] == pytest.approx(np.log(len(units)))
+    assert counting["bigram"] > 0 and counting["unigram"] > 0 and 0 <= counting["stay"] <= 1
     again = run_cli(*flags, "-e", "0", "-o", tmp_path / "again", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+    assert f"bigram {counting['bigram']:.2f}" in again.stdout  # -e 0 says it from the checkpoint
     report = json.loads((tmp_path / "again-0.json").read_text())
     assert report["seconds"] == 3 and report["longest_verbatim_s"] <= 4.0
     refused = run_cli(*flags, "-e", "0", "--synthesis", "spectra", "-o", tmp_path / "s",
