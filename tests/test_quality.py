@@ -158,3 +158,90 @@ def test_a_figure_a_piece_is_too_short_for_says_so(mc, tmp_path, capsys):
     written = json.loads((tmp_path / "short-0.json").read_text())
     assert written["structure"] is None and written["pulse"] is None
     assert written["clicks"] == pytest.approx(figures["clicks"])
+
+
+def soft_notes(seconds=30.0, seed=0, level_db=-30.0, attack_s=0.08, pad=False):
+    """Slow-attack notes (3 partials, a squared ramp of attack_s, 50 ms release), one after
+    another, 0.25-0.6 s each, at level_db RMS, over a held pad if asked: (audio, notes written)."""
+    rng = np.random.default_rng(seed)
+    audio, start, written = np.zeros(int(seconds * RATE)), 0.3, 0
+    while start < seconds - 1:
+        length_s, pitch = rng.uniform(0.25, 0.6), 220 * 2 ** (rng.integers(0, 15) / 12)
+        t = np.arange(int((length_s + 0.5) * RATE)) / RATE
+        envelope = np.minimum(1, t / attack_s) ** 2 * np.where(
+            t < length_s, 1, np.exp(-(t - length_s) / 0.05))
+        note = sum(gain * np.sin(2 * np.pi * pitch * k * t) for k, gain in ((1, 1), (2, .5),
+                                                                            (3, .25)))
+        first = int(start * RATE)
+        audio[first : first + len(t)] += (note * envelope)[: len(audio) - first]
+        start, written = start + length_s, written + 1
+    if pad:
+        t = np.arange(len(audio)) / RATE
+        audio += 0.5 * sum(np.sin(2 * np.pi * f * t) for f in (110.0, 165.0, 220.0))
+    audio *= 10 ** (level_db / 20) / np.sqrt(np.mean(audio ** 2))
+    return audio.astype(np.float32), written
+
+
+def drum_loop(seconds=30.0, bpm=120, seed=0):
+    """Kick, hats and snare on eighth notes, each decaying to silence: (audio, hits)."""
+    rng = np.random.default_rng(seed)
+    audio, length = np.zeros(int(seconds * RATE)), int(0.8 * RATE)
+    t = np.arange(length) / RATE
+    kick = 1.8 * np.sin(2 * np.pi * 60 * t) * np.exp(-t / 0.08)
+    snare = 0.4 * rng.standard_normal(length) * np.exp(-t / 0.05)
+    hat = 0.15 * rng.standard_normal(length) * np.exp(-t / 0.01)
+    times = np.arange(0.25, seconds - 0.5, 30 / bpm)
+    for index, time in enumerate(times):
+        hit = (kick, hat, snare, hat)[index % 4]
+        first = int(time * RATE)
+        audio[first : first + length] += hit[: len(audio) - first]
+    return audio.astype(np.float32), len(times)
+
+
+def notes_counted(mc, audio):
+    return mc.log_mel_stats(lambda a, b: audio[a:b], len(audio), mc.mel_filterbank()).onsets()
+
+
+@pytest.mark.parametrize("seed, attack_s, pad", [(0, 0.08, False), (1, 0.15, False),
+                                                 (2, 0.08, True), (4, 0.03, False)])
+def test_soft_slow_notes_are_counted_within_a_fifth(mc, seed, attack_s, pad):
+    audio, written = soft_notes(seed=seed, attack_s=attack_s, pad=pad)
+    assert abs(notes_counted(mc, audio) / written - 1) <= 0.2
+
+
+@pytest.mark.parametrize("bpm, seed", [(120, 0), (90, 1)])
+def test_drum_hits_are_counted_within_a_tenth(mc, bpm, seed):
+    audio, hits = drum_loop(bpm=bpm, seed=seed)
+    assert abs(notes_counted(mc, audio) / hits - 1) <= 0.1
+
+
+def test_no_notes_in_noise_or_a_held_chord_and_the_same_in_chunks(mc):
+    assert notes_counted(mc, white_noise(30.0)) <= 3  # a few chance peaks at most in 30 s
+    assert notes_counted(mc, held_chord(30.0)) == 0
+    audio, _ = soft_notes(12.0, seed=5)
+    stats = mc.LogMelStats()
+    for chunk in mc.log_mel_stream(lambda a, b: audio[a:b], len(audio), mc.mel_filterbank(),
+                                   chunk_frames=5):
+        stats.add(chunk)
+    assert stats.onsets() == notes_counted(mc, audio)
+
+
+def test_a_cache_that_counted_notes_the_old_way_counts_them_again(mc, tmp_path):
+    """An older cache's manifest has no note_rate: the music's is counted from the cache's own
+    audio (as it was built), kept in the manifest, and the cache is not rebuilt."""
+    import json
+
+    audio, _ = soft_notes(20.0, seed=6, level_db=-20.0)
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "soft.wav", audio)
+    built = mc.prepare_cache(music, tmp_path / "cache").reference.onset_rate
+    manifest_path = tmp_path / "cache" / mc.CACHE_MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    folder = manifest["folder"]
+    manifest["onset_rate"] = manifest.pop("note_rate") / 3  # as an older version wrote it
+    manifest_path.write_text(json.dumps(manifest))
+    again = mc.prepare_cache(music, tmp_path / "cache")
+    assert again.reference.onset_rate == pytest.approx(built, rel=0.05)
+    kept = json.loads(manifest_path.read_text())
+    assert kept["folder"] == folder and kept["note_rate"] == pytest.approx(built, rel=0.05)

@@ -65,7 +65,15 @@ def test_the_walk_is_the_networks_path_less_the_prediction_term(mc, cache):
     its path is the walk's, jump for jump. A prediction that points elsewhere changes the path,
     so the comparison can fail."""
     walk = choices(mc, cache, lambda frames: None)
-    assert choices(mc, cache, successor_of_last_choice(mc, cache)) == walk
+    network = choices(mc, cache, successor_of_last_choice(mc, cache))
+    # The test melody repeats exactly (frames 1 and 41 are one sound): the two paths may part
+    # at such a tie, which rounding breaks either way, and only there.
+    parted = next((step for step, (one, other) in enumerate(zip(walk, network))
+                   if one != other), len(walk))
+    assert parted >= 8
+    if parted < len(walk):
+        np.testing.assert_allclose(cache.codes[walk[parted]], cache.codes[network[parted]],
+                                   atol=1e-3)
     elsewhere = mc.RealFrames(cache, cache.normalisation).for_network(
         np.array([len(cache.frames) - 3]))  # a frame of the held chord
     assert choices(mc, cache, lambda frames: elsewhere) != walk
@@ -93,7 +101,12 @@ def test_the_walk_follows_the_recording_up_to_the_copy_guard_then_joins_best(mc,
     figures = mc.copy_figures(walk, cache.file_starts)
     assert figures["longest_verbatim_s"] == 1.0  # 4 frames, then the guard
     runs = mc.verbatim_stretches(walk, cache.file_starts)
-    assert (runs == 4).sum() >= len(runs) - 1  # every stretch runs to the guard (bar the last)
+    # Every stretch runs to the guard, bar the last, and one that reaches its file's end (the
+    # cycle rule can leave nothing better in music this short).
+    ends = np.cumsum(runs)[:-1] - 1  # where each stretch but the last ends, in `walk`
+    for run, end in zip(runs[:-1], ends):
+        assert run == 4 or walk[end] + 1 in cache.file_starts
+    assert (runs == 4).sum() >= len(runs) - 3
     for before, after in zip(walk, walk[1:]):
         if after != before + 1:
             assert abs(after - (before + 1)) > 4  # out of the guarded stretch
@@ -128,3 +141,41 @@ def test_the_walk_refuses_spectra_with_a_message(music, tmp_path):
                       "--synthesis", "spectra", cwd=tmp_path)
     assert refused.returncode == 2
     assert "--steer join" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def most_plays_within(chosen, frames=16):
+    """The most times one frame is played within any `frames` consecutive choices."""
+    chosen = list(chosen)
+    return max(max(window.count(frame) for frame in window)
+               for window in (chosen[start : start + frames]
+                              for start in range(max(len(chosen) - frames + 1, 1))))
+
+
+def test_the_walk_does_not_step_back_and_forth(mc, cache):
+    """The walk at a 0.25-s guard must jump at every block, and the frame that joins a frame
+    best is its neighbour: without the cycle rule it stepped back and forth over a few frames.
+    With it, no frame is played twice within 4 s; and ruled out entirely, the same walk loops
+    (the test can fail)."""
+    walk = choices(mc, cache, lambda frames: None, frames=40, copy_limit=0.25)
+    assert most_plays_within(walk) == 1
+    original = mc.GrainSynthesis.no_return
+    try:
+        mc.GrainSynthesis.no_return = lambda self, cost, successors: None
+        looping = choices(mc, cache, lambda frames: None, frames=40, copy_limit=0.25)
+    finally:
+        mc.GrainSynthesis.no_return = original
+    assert most_plays_within(looping) > 2
+
+
+def test_a_walk_continuation_moves_and_leaves_its_seed(music, tmp_path):
+    """--steer join --seed-wav: the continuation goes on into the music (none of it from the
+    seed's own recording), moves as the music does, and no frame of it is played more than
+    once in 4 s."""
+    seed = write_int16(tmp_path / "seed.wav", melody(12.0, seed=9))
+    done = run_cli("-d", music / "music", "-t", tmp_path / "t", "-o", tmp_path / "go", "-s", "20",
+                   "--steer", "join", "--seed-wav", seed, "--random-seed", "1", "--no-plots",
+                   cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "go-0.json").read_text())
+    assert report["seed_share"] <= 0.5 and report["movement"] >= 0.7
+    assert "hardly moves" not in done.stdout
