@@ -1859,6 +1859,7 @@ def import_keras():
 
     register_fused_adam(keras)
     register_mixture_loss(keras)
+    register_unit_prior(keras)
     return keras
 
 
@@ -2052,8 +2053,9 @@ class UnitsHead:
     name, loss = "units", "music_composer>unit_nll"
     predicts_frames = uses_errors = False
 
-    def __init__(self, components=UNITS, centroids=None):
+    def __init__(self, components=UNITS, centroids=None, prior=True):
         self.components, self.centroids = components, centroids
+        self.prior = prior  # the network's logits are added to counting's (UnitPrior)
 
     def outputs(self, num_features):
         return self.components
@@ -2072,7 +2074,7 @@ def head_of(model):
     if outputs == features:
         return PointHead("median" if model.loss in ("mae", "mean_absolute_error") else "average")
     if outputs < features:
-        return UnitsHead(outputs)
+        return UnitsHead(outputs, prior=unit_prior_of(model) is not None)
     return MixtureHead(outputs // (features + 2))
 
 
@@ -2102,6 +2104,47 @@ def music_units(codes, count, seed=0, rounds=25):
 def unit_labels(codes, centroids):  # (frames, dimensions) -> (frames,) int32: nearest unit
     distances = (np.sum(np.square(centroids), axis=1)[None] - 2 * codes @ centroids.T)
     return np.argmin(distances, axis=1).astype(np.int32)
+
+
+def unit_prior_of(model):  # a units model's UnitPrior layer, or None
+    return next((layer for layer in model.layers if layer.name == "unit_prior"), None)
+
+
+def register_unit_prior(keras):
+    """UnitPrior, registered so that checkpoints load (see UnitsHead)."""
+    if keras.saving.get_registered_object("music_composer>UnitPrior") is not None:
+        return
+    ops = keras.ops
+
+    @keras.saving.register_keras_serializable(package="music_composer", name="UnitPrior")
+    class UnitPrior(keras.layers.Layer):
+        """What counting knows, as logits: log p(next unit | this frame's unit), a bigram
+        counted on the training part of the music (unit_counting). The frame's unit is found
+        as the cache finds it, the nearest centroid to its index numbers. Its weights are
+        counted, never trained: the network's own logits are added to these, so it starts
+        where counting is and learns only what counting misses."""
+
+        def __init__(self, dimensions, units, **kwargs):
+            super().__init__(**{"dtype": "float32", **kwargs})
+            self.dimensions, self.units = dimensions, units
+
+        def build(self, input_shape):
+            def constant(name, shape):
+                return self.add_weight(shape=shape, initializer="zeros", trainable=False,
+                                       name=name)
+
+            self.components = constant("components", (input_shape[-1], self.dimensions))
+            self.centroids = constant("centroids", (self.units, self.dimensions))
+            self.log_bigram = constant("log_bigram", (self.units, self.units))
+
+        def call(self, frames):  # (..., features) normalised -> (..., units) log-probabilities
+            codes = ops.matmul(ops.cast(frames, "float32"), self.components)
+            distances = (ops.sum(ops.square(self.centroids), axis=-1)
+                         - 2 * ops.matmul(codes, ops.transpose(self.centroids)))
+            return ops.take(self.log_bigram, ops.argmin(distances, axis=-1), axis=0)
+
+        def get_config(self):
+            return {**super().get_config(), "dimensions": self.dimensions, "units": self.units}
 
 
 def register_mixture_loss(keras):
@@ -2143,6 +2186,10 @@ def build_model(num_features, hidden_neurons, hidden_layers, head=None):
         x = layers.LSTM(hidden_neurons, return_sequences=True, name=f"lstm_{index}")(x)
     head = head or PointHead("average")
     next_frames = layers.Dense(head.outputs(num_features), name="project_out")(x)  # per step
+    if getattr(head, "prior", False):  # a units head's logits go on from counting's
+        prior = keras.saving.get_registered_object("music_composer>UnitPrior")(
+            np.shape(head.centroids)[1], head.components, name="unit_prior")(frames)
+        next_frames = layers.Add(name="with_prior", dtype="float32")([next_frames, prior])
     model = keras.Model(frames, next_frames, name="music_composer")
     # Adam adapts each weight's step size, reaching a lower loss in far fewer epochs than the
     # original's Adadelta; clipping the gradient norm guards the LSTMs against blow-ups.
@@ -2356,6 +2403,10 @@ def model_shape(model):
     """(hidden_neurons, hidden_layers) of a model made by build_model."""
     lstms = [layer for layer in model.layers if layer.name.startswith("lstm_")]
     return lstms[0].units, len(lstms)
+
+
+def trained_parameters(model):  # what training changes: a UnitPrior's counts are not among them
+    return int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
 
 
 def count_parameters(num_features, hidden_neurons, hidden_layers, outputs=None):
@@ -2780,8 +2831,12 @@ def training_batches(model, cache, metadata, config, rng, replicas):
     labels = unit_labels(cache.codes, np.array(metadata["units"], np.float32)) \
         if "units" in metadata else None
     if labels is not None:  # what counting reaches on the same held-out steps
-        metadata["counting"] = unit_counting(labels, train_starts, validation_starts, length,
-                                             len(metadata["units"]))
+        metadata["counting"], bigram = unit_counting(labels, train_starts, validation_starts,
+                                                     length, len(metadata["units"]))
+        if unit_prior_of(model) is not None:
+            unit_prior_of(model).set_weights([
+                cache.components.T, np.asarray(metadata["units"], np.float32),
+                np.log(bigram).astype(np.float32)])
     training = make_batches(cache.frames, train_starts, batch_size, rng, shuffle=True,
                             input_noise=SAMPLING[config.frames]["input_noise"],
                             multiple=replicas, length=length, labels=labels)
@@ -2798,7 +2853,8 @@ def unit_counting(labels, train_starts, validation_starts, length, units):
     next-unit loss (nats, over the very steps val_loss averages) of a unigram (the units'
     frequencies) and a bigram (the next unit from the current frame's alone, add-0.1, mixed 0.3
     with the unigram), both counted on the training part; the uniform guess's; and how often the
-    next unit is simply the current one ('stay'). labels: (num_frames,) each frame's unit."""
+    next unit is simply the current one ('stay'). labels: (num_frames,) each frame's unit.
+    Returns those figures and the bigram, (units, units): row a, the chances of the unit after a."""
     def steps(starts):  # (current, next) unit of every step of these sequences
         frames = (np.asarray(starts)[:, None] + np.arange(length)).ravel()
         return labels[frames], labels[frames + 1]
@@ -2814,7 +2870,7 @@ def unit_counting(labels, train_starts, validation_starts, length, units):
     now, following = steps(validation_starts)
     return {"bigram": float(-np.mean(np.log(bigram[now, following]))),
             "unigram": float(-np.mean(np.log(unigram[following]))),
-            "uniform": float(np.log(units)), "stay": float(np.mean(now == following))}
+            "uniform": float(np.log(units)), "stay": float(np.mean(now == following))}, bigram
 
 
 def held_out_prediction(metadata):
@@ -2965,8 +3021,9 @@ def with_new_units(model, metadata, cache):
     (what it learned of the music's course) goes on from the checkpoint."""
     fresh = build_model(NUM_FEATURES, metadata["hidden_neurons"], metadata["hidden_layers"],
                         music_units_head(cache, metadata))
+    kept = {layer.name for layer in model.layers} - {"project_out", "unit_prior"}
     for layer in fresh.layers:
-        if layer.weights and layer.name != "project_out":
+        if layer.weights and layer.name in kept:
             layer.set_weights(model.get_layer(layer.name).get_weights())
     say("Its units of sound are the new music's: the network's last layer learns them anew.")
     return fresh
@@ -3071,7 +3128,11 @@ def compile_step(model, dtype=None, fold=None):
         out_kernel, out_bias = tf.matmul(out_kernel, matrix), tf.linalg.matvec(
             matrix, out_bias, transpose_a=True) + offset
     into = dense(weight(project_in.kernel), project_in.bias)
-    out_of = dense(weight(out_kernel), out_bias)
+    projected_out, prior = dense(weight(out_kernel), out_bias), unit_prior_of(model)
+
+    def out_of(hidden, frames):  # the output layer, plus counting's logits where there are any
+        outputs = projected_out(hidden)
+        return outputs if prior is None else outputs + prior.call(frames)
     lstms = [(cell, weight(cell.kernel), weight(cell.recurrent_kernel)) for cell in cells]
 
     def cell_step(cell, recurrent, projected, h, c):  # projected: x K + b, (batch, 4 units)
@@ -3084,7 +3145,7 @@ def compile_step(model, dtype=None, fold=None):
             projected = product(hidden, kernel) + cell.bias
             hidden, c = cell_step(cell, recurrent, projected, h, c)
             new_states.append([hidden, c])
-        return out_of(hidden), new_states
+        return out_of(hidden, frames), new_states
 
     @tf.function
     def read(frames, states):
@@ -3101,7 +3162,7 @@ def compile_step(model, dtype=None, fold=None):
                 outputs = outputs.write(t, h)
             hidden = tf.reshape(outputs.stack(), [batch * time, -1])
             new_states.append([h, c])
-        return out_of(h), new_states
+        return out_of(h, frames[:, -1]), new_states
 
     step.read, step.num_layers, step.units = read, len(cells), cells[0].units
     return step
@@ -5203,8 +5264,9 @@ def train_network(config, cache, latest, rng):
     say(f"Device: {describe_device(devices)}.")
     with training_scope(devices):
         model, metadata = prepare_model(config, cache, latest)
-        say(f"Model: {model.count_params():,} parameters (-n {config.hidden_neurons} "
-            f"-l {config.hidden_layers}).")
+        say(f"Model: {trained_parameters(model):,} parameters (-n {config.hidden_neurons} "
+            f"-l {config.hidden_layers})" + (", its logits added to counting's" if
+                                              unit_prior_of(model) is not None else "") + ".")
         model = train(model, cache, metadata, config, rng, replicas=max(len(devices), 1))
     path = config.cache_dir / CHECKPOINT_NAME
     if devices:  # generation steps one frame at a time: one device, the saved weights

@@ -184,7 +184,7 @@ def train_throughput(tool, cache, neurons, layers, batch_size, blocks, steps, wa
         model.fit(batches, epochs=1, steps_per_epoch=warm_up, verbose=0)
         models[precision] = model
     frames_per_step = batch_size * length
-    flops_per_frame = 6 * models[precisions[0]].count_params()
+    flops_per_frame = 6 * tool.trained_parameters(models[precisions[0]])
     rounds = {precision: [] for precision in precisions}
     for _ in range(blocks):
         for precision, model in models.items():
@@ -377,7 +377,7 @@ def measure(sizes, work):
     results["matmul_gflops"] = figures.get("float32", figures[precision])[1]
     results[f"matmul_gflops_{precision}"] = gflops
     results["train_frames_per_s"] = fps
-    results["params"] = network.model.count_params()
+    results["params"] = tool.trained_parameters(network.model)
     results["units"] = network.head.components
     results["train_mfu"] = mfu
     results["train_frames_per_s_float32"], _, results["train_mfu_float32"] = figures["float32"]

@@ -46,7 +46,7 @@ def test_counting_scores_the_held_out_steps_as_val_loss_does(mc):
     held-out steps (every step of every validation sequence, as val_loss) score it."""
     labels = (np.arange(200) % 3).astype(np.int32)
     train, held_out = np.arange(0, 150, 2), np.arange(160, 190, 3)
-    counting = mc.unit_counting(labels, train, held_out, length=8, units=3)
+    counting, bigram = mc.unit_counting(labels, train, held_out, length=8, units=3)
     right = 0.7 * (1 + 0.1 / counting_count(labels, train, 8)) / (1 + 0.3 / counting_count(
         labels, train, 8)) + 0.3 * (1 / 3)
     assert counting["bigram"] == pytest.approx(-np.log(right), rel=0.02)
@@ -56,7 +56,7 @@ def test_counting_scores_the_held_out_steps_as_val_loss_does(mc):
     # music that always moves on, is surprised.
     steady = labels.copy()
     steady[160:] = 1
-    surprised = mc.unit_counting(steady, train, held_out, length=8, units=3)
+    surprised, _ = mc.unit_counting(steady, train, held_out, length=8, units=3)
     assert surprised["stay"] == 1.0 and surprised["bigram"] > counting["unigram"]
 
 
@@ -74,6 +74,47 @@ def test_the_held_out_line_says_which_way_the_network_stands(mc):
     metadata["history"].append({"epoch": 3, "loss": 1.0, "val_loss": 2.2})
     assert "not yet as good as" in mc.held_out_prediction(metadata)
     assert mc.held_out_prediction({"history": metadata["history"]}) is None  # frames head
+
+
+def prior_model(mc, features=10, units=4, dimensions=3, seed=0):
+    """A tiny units model whose logits go on from counting's: (model, its prior's weights)."""
+    rng = np.random.default_rng(seed)
+    centroids = rng.normal(0, 3, (units, dimensions)).astype(np.float32)
+    model = mc.build_model(features, 6, 2, mc.UnitsHead(units, centroids))
+    weights = [rng.normal(size=(features, dimensions)).astype(np.float32), centroids,
+               np.log(rng.dirichlet(np.ones(units), units)).astype(np.float32)]
+    mc.unit_prior_of(model).set_weights(weights)
+    return model, weights
+
+
+def test_the_prior_gives_counting_s_chances_after_each_frame_s_unit(mc):
+    """UnitPrior's logits are log p(next unit | the frame's unit), the unit found as the cache
+    finds it; the network's own logits are added to them, and its weights are not trained."""
+    model, (components, centroids, log_bigram) = prior_model(mc)
+    frames = np.random.default_rng(1).normal(size=(2, 5, 10)).astype(np.float32)
+    units = mc.unit_labels(frames.reshape(-1, 10) @ components, centroids).reshape(2, 5)
+    assert len(set(units.ravel())) > 1  # the frames fall in several units
+    prior = mc.unit_prior_of(model)
+    np.testing.assert_allclose(np.asarray(prior(frames)), log_bigram[units], rtol=1e-6)
+    assert not prior.trainable_weights
+    without = mc.build_model(10, 6, 2, mc.UnitsHead(4, centroids, prior=False))
+    for layer in without.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    np.testing.assert_allclose(model(frames).numpy(), without(frames).numpy()
+                               + log_bigram[units], rtol=1e-5, atol=1e-5)
+    assert mc.head_of(model).prior and not mc.head_of(without).prior
+
+
+def test_generation_steps_add_the_prior_as_the_model_does(mc):
+    model, _ = prior_model(mc, seed=2)
+    sequence = np.random.default_rng(3).normal(size=(3, 7, 10)).astype(np.float32)
+    full = model(sequence).numpy()
+    predict_next = mc.make_step_function(model, 3, mc.compile_step(model, "float32"))
+    steps = np.stack([predict_next(sequence[:, t]) for t in range(7)], axis=1)
+    np.testing.assert_allclose(steps, full, atol=1e-5 * np.abs(full).max())
+    at_once = mc.make_step_function(model, 3, mc.compile_step(model, "float32"))
+    np.testing.assert_allclose(at_once(sequence), full[:, -1], atol=1e-5 * np.abs(full).max())
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +185,10 @@ def test_a_units_model_through_the_command_line(mc, tmp_path):
     units = np.array(metadata["units"])  # (units, the index's dimensions: at most 64)
     assert units.shape[0] == metadata["head_components"] and units.shape[1] <= 64
     model = mc.load_checkpoint_model(tmp_path / "t" / "model.keras")
-    assert mc.head_of(model).name == "units"
+    assert mc.head_of(model).name == "units" and mc.head_of(model).prior
+    # The prior saved is counting's on this music: each row a distribution over the units.
+    log_bigram = mc.unit_prior_of(model).get_weights()[2]
+    np.testing.assert_allclose(np.exp(log_bigram).sum(axis=1), 1.0, rtol=1e-5)
     assert model.get_layer("project_out").units == metadata["head_components"]
     counting = metadata["counting"]
     assert counting["uniform"] == pytest.approx(np.log(len(units)))
