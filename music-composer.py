@@ -235,6 +235,20 @@ def plural(count, word):
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
+def duration(seconds):  # "40 s", "12 min", "3 h 05 min"
+    if seconds < 90:
+        return f"{max(seconds, 1):.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 / 60:02.0f} min"
+
+
+def time_left(seconds):
+    """How long something will take, and the clock time it ends."""
+    ends = time.strftime("%H:%M", time.localtime(time.time() + seconds))
+    return f"about {duration(seconds)} left, done at about {ends}"
+
+
 def warn(message):
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
@@ -2185,8 +2199,11 @@ def build_model(num_features, hidden_neurons, hidden_layers, head=None):
         # Default activations and no recurrent dropout keep TensorFlow's cuDNN LSTM on a GPU.
         x = layers.LSTM(hidden_neurons, return_sequences=True, name=f"lstm_{index}")(x)
     head = head or PointHead("average")
-    next_frames = layers.Dense(head.outputs(num_features), name="project_out")(x)  # per step
-    if getattr(head, "prior", False):  # a units head's logits go on from counting's
+    prior = getattr(head, "prior", False)  # a units head's logits go on from counting's: from
+    # zero, so that a new network predicts what counting does and moves only where it learns
+    next_frames = layers.Dense(head.outputs(num_features), name="project_out",
+                               kernel_initializer="zeros" if prior else "glorot_uniform")(x)
+    if prior:
         prior = keras.saving.get_registered_object("music_composer>UnitPrior")(
             np.shape(head.centroids)[1], head.components, name="unit_prior")(frames)
         next_frames = layers.Add(name="with_prior", dtype="float32")([next_frames, prior])
@@ -2656,12 +2673,14 @@ class StopOnCtrlC(QuitAtSafePoints):
 
 
 def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
-                             stop=lambda: False, save_every_s=math.inf, resumed=None):
+                             stop=lambda: False, save_every_s=math.inf, resumed=None,
+                             end_epoch=None):
     """After each epoch: stop on a NaN loss, else save the checkpoint (and the best one).
     During an epoch: save the weights, the optimizer's state and the position reached every
     save_every_s seconds, and when stop() says Ctrl-C or SIGTERM came, then end training with
     TrainingStopped. batches: the training PyDataset (make_batches); resumed: the position of
-    an epoch that this run took up midway."""
+    an epoch that this run took up midway. After this run's first epoch, says how long the
+    epochs left before end_epoch will take."""
     keras = import_keras()
     folder = Path(cache_dir)
 
@@ -2674,8 +2693,10 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
         def on_train_begin(self, logs=None):
             self.last_save = time.monotonic()
 
+        estimated = False
+
         def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
+            self.epoch, self.epoch_started = epoch, time.monotonic()
 
         def before(self):  # batches of this epoch trained by an earlier run
             return self.earlier["batches_done"] if self.earlier else 0
@@ -2690,6 +2711,8 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
             return (self.earlier["loss"] * earlier + loss * now) / max(earlier + now, 1)
 
         def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:  # the pace is timed from here: the first batch also compiles
+                self.first_batch_done = time.monotonic()
             loss = (logs or {}).get("loss", 0.0)
             if not math.isfinite(loss):
                 self.diverged = True
@@ -2707,6 +2730,23 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
             if stop() and batches is not None:  # stopped while validating: the epoch's
                 self.save_position(len(batches))  # training is done, its validation not
 
+        def estimate(self, taken_up_at):
+            """Once: the epochs left at the pace of this one (the part of it this run
+            trained, where it took the epoch up midway)."""
+            left = (end_epoch or 0) - metadata["epochs_done"]
+            if self.estimated or left <= 0:
+                return
+            self.estimated = True
+            if batches is None:
+                seconds = time.monotonic() - self.epoch_started
+            else:  # the epoch's batches after its first, this run's part of them, scaled
+                timed = len(batches) - taken_up_at - 1
+                seconds = (time.monotonic() - getattr(self, "first_batch_done",
+                                                      self.epoch_started)) \
+                    * len(batches) / max(timed, 1)
+            say(f"{plural(left, 'more epoch')} to go at {duration(seconds)} each: "
+                f"{time_left(left * seconds)}.")
+
         def save_position(self, done):
             path = folder / MIDEPOCH_CHECKPOINT_NAME
             position = {**batches.position(self.epoch, done), "loss": self.loss,
@@ -2721,7 +2761,7 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
             loss, val_loss = logs.get("loss", math.nan), logs.get("val_loss", math.nan)
             if batches is not None:
                 loss = self.epoch_loss(loss, len(batches))
-            self.earlier = None
+            taken_up_at, self.earlier = self.before(), None
             if self.diverged or not (math.isfinite(loss) and math.isfinite(val_loss)):
                 self.diverged = True
                 self.model.stop_training = True
@@ -2741,6 +2781,7 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
                 note = f" (best so far, also saved as {BEST_CHECKPOINT_NAME})"
             say(f"epoch {metadata['epochs_done']} | loss {loss:.4f} | val_loss {val_loss:.4f}"
                 f" | saved {path}{note}")
+            self.estimate(taken_up_at)
             if stop():
                 raise TrainingStopped
 
@@ -2787,7 +2828,7 @@ def train(model, cache, metadata, config, rng, replicas=1):
         callback = make_checkpoint_callback(
             config.cache_dir, metadata, cache.mean, cache.std, training,
             stop=lambda: ctrl_c.requested, resumed=position,
-            save_every_s=60 * config.save_every_minutes or math.inf)
+            save_every_s=60 * config.save_every_minutes or math.inf, end_epoch=end_epoch)
         callbacks = [callback, *watching_callbacks(cache, metadata, config)]
         try:
             if position is None:
@@ -3452,14 +3493,25 @@ class WavWriters:
             temporary.unlink(missing_ok=True)
 
 
+ESTIMATE_AFTER_S = 3.0  # generation says how long it will take once it has taken this long
+
+
 def progress_reporter(total):
     """Keras's progress bar on a terminal; in a log, a line at each quarter."""
     if sys.stdout.isatty():
         progress = import_keras().utils.Progbar(total, unit_name="frame")
         return lambda done: progress.update(done) if done % 20 == 0 or done == total else None
     marks = {math.ceil(total * quarter / 4): quarter * 25 for quarter in (1, 2, 3, 4)}
-    return lambda done: say(f"generated {marks[done]}% ({done}/{total} frames)") \
-        if done in marks else None
+    started = time.monotonic()
+
+    def report(done):  # at each quarter; how long the rest takes, unless it is a moment
+        if done in marks:
+            spent = time.monotonic() - started
+            say(f"generated {marks[done]}% ({done}/{total} frames)"
+                + (f", {time_left(spent * (total - done) / done)}"
+                   if done < total and spent >= ESTIMATE_AFTER_S else ""))
+
+    return report
 
 
 def rms_db(samples):

@@ -79,3 +79,31 @@ def test_tensorboard_without_the_package_is_refused_at_once(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pip install tensorboard" in result.stderr
     assert not (tmp_path / "music").exists() and not (tmp_path / "logs").exists()
+
+
+def test_a_run_says_when_its_epochs_will_end(tmp_path):
+    """After its first epoch, a run of three says once how long the two left will take, at the
+    pace of the first, and the clock time they end: within reason of what they then took."""
+    import re
+    import time
+
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "a.wav", melody(60.0, seed=6))
+    process = subprocess.Popen(  # epochs of a few seconds: long beside a run's start-up
+        [sys.executable, str(SCRIPT), "-d", music, "-t", tmp_path / "train", "-e", "3",
+         "-n", "128", "-l", "1", "-b", "2", "-s", "1", "-g", "1", "--no-plots",
+         "--random-seed", "3", "--save-every-minutes", "0"], cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = {}
+    for line in process.stdout:
+        seen.setdefault(line.split(" |")[0] if line.startswith("epoch") else line,
+                        time.monotonic())
+    assert process.wait(timeout=600) == 0, process.stderr.read()
+    (estimate,) = [line for line in seen if "to go at" in line]
+    assert estimate.startswith("2 more epochs to go at ")
+    assert re.search(r"done at about \d\d:\d\d\.$", estimate.strip())
+    said = re.search(r"about (\d+) s left", estimate)
+    took = seen["epoch 3"] - seen["epoch 1"]
+    assert said and 0.3 * took <= max(int(said.group(1)), 1) <= 3 * took + 2
+    assert seen["epoch 1"] < seen[estimate] < seen["epoch 2"]
