@@ -995,8 +995,6 @@ class GrainSynthesis:
                 self.forbidden[first:stop] = True
 
         self.limit = max(1, int(round(copy_limit * FRAMES_PER_SECOND)))  # frames
-        self.leave_beyond = None  # squared distance: set (NetworkLeaves), the recording goes on
-        # while the prediction is this near its successor, and is left only where it departs
         self.units = None  # a UnitSteering (NetworkUnits): predictions are chances of units
         self.previous = np.full(pieces, -1)  # the last choice (-1: none yet)
         self.recent = np.full((pieces, RETURN_FRAMES), -1)  # the last choices, newest last
@@ -1069,8 +1067,6 @@ class GrainSynthesis:
     def choose_by_codes(self, predicted_codes):  # (pieces, dimensions) or None -> (pieces,)
         successors = self.real.successors(self.previous)
         cost, phase = self.costs(self.prediction_cost(predicted_codes), successors)
-        if self.leave_beyond is not None and predicted_codes is not None:
-            self.stay_or_leave(cost, predicted_codes, successors)
         return self.settle(cost, successors, phase)
 
     def choose_by_units(self, chances):  # (pieces, units) probabilities -> (pieces,) indices
@@ -1147,20 +1143,6 @@ class GrainSynthesis:
                               cost[piece], np.inf)
             if np.isfinite(inside).any():
                 cost[piece] = inside
-
-    def stay_or_leave(self, cost, predicted_codes, successors):
-        """In place: a piece whose recording may go on (the guard allows) stays on it while the
-        prediction is within leave_beyond of its successor, and leaves it (to the cheapest other
-        frame) where the prediction departs further."""
-        for piece, successor in enumerate(successors):
-            if successor < 0 or not np.isfinite(cost[piece, successor]):
-                continue
-            departure = np.sum(np.square(predicted_codes[piece]
-                                         - self.real.cache.codes[successor]))
-            if departure <= self.leave_beyond:
-                cost[piece] = np.where(np.arange(cost.shape[1]) == successor, 0.0, np.inf)
-            elif np.isfinite(np.delete(cost[piece], successor)).any():
-                cost[piece, successor] = np.inf
 
     def beat_reached(self):
         """(phase, period in s) of the beat where the next block starts, per piece: the last
@@ -1872,7 +1854,7 @@ def import_keras():
     import keras
 
     register_fused_adam(keras)
-    register_mixture_loss(keras)
+    register_unit_loss(keras)
     register_unit_prior(keras)
     return keras
 
@@ -1966,20 +1948,18 @@ class native_stderr_silenced:
 
 # What the network predicts. A point head predicts the frame itself: trained by mean squared
 # error (the original's) it predicts the average of the futures it cannot tell apart, a blurred
-# spectrum; by mean absolute error, their median. The mixture head predicts a distribution over
-# the next frame, which generation samples: one plausible future rather than their average.
+# spectrum, which the spectra way sounds. The units head predicts which of the music's own units
+# of sound comes next, a distribution over real sounds that grains play. (A median head and a
+# mixture of Gaussians were measured and retired: tests/FINDINGS.md.)
 
 HEADS = {"average": "a frame: the average of the likely next frames (mean squared error, the "
                     "original's)",
-         "median": "a frame: their median (mean absolute error)",
-         "mixture": "a mixture of Gaussians over the next frame, sampled when generating",
          "units": "which of the music's own units of sound comes next (the frames clustered; "
                   "cross-entropy), a distribution over real sounds that grains sample"}
+RETIRED_HEADS = {"median": "the median head", "mixture": "the mixture head"}  # see FINDINGS
 # A new model's head, by its synthesis: with grains the units head came nearest the walk
 # (README, tests/FINDINGS.md); spectra sound a predicted frame, so they need one.
 DEFAULT_HEAD = {"grains": "units", "spectra": "average"}
-MIXTURE_COMPONENTS = 4  # Gaussians in the mixture head
-LOG_SCALE_LIMITS = (-7.0, 7.0)  # a component's log standard deviation is kept within these
 
 
 class PointHead:
@@ -1988,9 +1968,7 @@ class PointHead:
     predicts_frames = True  # its outputs are a frame (a step may fold them: output_fold)
     uses_errors = True  # sampling adds the network's own errors (prediction_errors)
 
-    def __init__(self, name):
-        self.name, self.components = name, 1
-        self.loss = {"average": "mse", "median": "mae"}[name]
+    name, loss, components = "average", "mse", 1
 
     def outputs(self, num_features):
         return num_features
@@ -2003,55 +1981,6 @@ class PointHead:
         takes the network's own prediction, when given) plus a sampled error."""
         return with_sampled_errors(watch(predict_next) if watch else predict_next, errors,
                                    temperature, rng)
-
-
-class MixtureHead:
-    """The output is a mixture of `components` Gaussians over the normalised frame, each with
-    one standard deviation for all its features: K logits, K log standard deviations, then K
-    mean frames, (..., K * (features + 2)). Trained by the negative log-likelihood of the real
-    next frame (mixture_nll), each component becomes one distinct future and its logit how
-    likely it is, instead of one average of them all."""
-
-    name, loss = "mixture", "music_composer>mixture_nll"
-    predicts_frames = uses_errors = False  # its outputs are a distribution, its own spread
-
-    def __init__(self, components=MIXTURE_COMPONENTS):
-        self.components = components
-
-    def outputs(self, num_features):
-        return self.components * (num_features + 2)
-
-    def split(self, outputs):  # (..., K (F + 2)) -> logits (..., K), log_stds (..., K), (..., K, F)
-        k = self.components
-        means = outputs[..., 2 * k :].reshape(*outputs.shape[:-1], k, -1)
-        return outputs[..., :k], np.clip(outputs[..., k : 2 * k], *LOG_SCALE_LIMITS), means
-
-    def mode(self, outputs):
-        """The mean of the most likely component: (..., features)."""
-        logits, _, means = self.split(outputs)
-        return np.take_along_axis(means, logits.argmax(-1)[..., None, None], -2)[..., 0, :]
-
-    def sample(self, outputs, temperature, rng):
-        """(pieces, outputs) -> (pieces, features): a component drawn with probabilities
-        softmax(logits / T), and its mean plus T times its own spread of Gaussian noise. T = 0
-        is the mode; T = 1 samples the distribution the network learned."""
-        if temperature == 0:
-            return self.mode(outputs)
-        logits, log_stds, means = self.split(outputs)
-        scaled = logits / temperature
-        chances = np.exp(scaled - scaled.max(-1, keepdims=True))
-        chances /= chances.sum(-1, keepdims=True)
-        rows = np.arange(len(outputs))
-        chosen = (rng.random((len(outputs), 1)) > chances.cumsum(-1)).sum(-1)
-        chosen = np.minimum(chosen, self.components - 1)
-        noise = rng.standard_normal(means.shape[::2], np.float32)
-        return (means[rows, chosen] + temperature * np.exp(log_stds[rows, chosen])[:, None]
-                * noise).astype(np.float32)
-
-    def sampling(self, predict_next, errors, temperature, rng, watch=None):
-        """predict_next sampled from the mixture; its sample is its prediction (`watch`)."""
-        sampled = lambda frames: self.sample(predict_next(frames), temperature, rng)  # noqa: E731
-        return watch(sampled) if watch else sampled
 
 
 UNITS = 256  # units of sound in the units head: at most a quarter of the music's frames
@@ -2076,20 +2005,16 @@ class UnitsHead:
 
 
 def make_head(name, components=None):
-    if name == "mixture":
-        return MixtureHead(components or MIXTURE_COMPONENTS)
-    return UnitsHead(components or UNITS) if name == "units" else PointHead(name)
+    return UnitsHead(components or UNITS) if name == "units" else PointHead()
 
 
 def head_of(model):
-    """The head a model was built with, read from its output layer and loss."""
+    """The head a model was built with, read from its output layer."""
     features = model.get_layer("project_in").input.shape[-1]
-    outputs = model.get_layer("project_out").units
-    if outputs == features:
-        return PointHead("median" if model.loss in ("mae", "mean_absolute_error") else "average")
-    if outputs < features:
-        return UnitsHead(outputs, prior=unit_prior_of(model) is not None)
-    return MixtureHead(outputs // (features + 2))
+    if model.get_layer("project_out").units == features:
+        return PointHead()
+    return UnitsHead(model.get_layer("project_out").units,
+                     prior=unit_prior_of(model) is not None)
 
 
 def music_units(codes, count, seed=0, rounds=25):
@@ -2161,9 +2086,9 @@ def register_unit_prior(keras):
             return {**super().get_config(), "dimensions": self.dimensions, "units": self.units}
 
 
-def register_mixture_loss(keras):
-    """mixture_nll and unit_nll, registered so that checkpoints load."""
-    if keras.saving.get_registered_object("music_composer>mixture_nll") is not None:
+def register_unit_loss(keras):
+    """unit_nll, registered so that checkpoints load."""
+    if keras.saving.get_registered_object("music_composer>unit_nll") is not None:
         return
     ops = keras.ops
 
@@ -2172,19 +2097,6 @@ def register_mixture_loss(keras):
         """-log p(the next frame's unit): targets (batch, time) unit numbers."""
         return ops.sparse_categorical_crossentropy(ops.cast(targets, "int32"),
                                                    ops.cast(logits, "float32"), from_logits=True)
-
-    @keras.saving.register_keras_serializable(package="music_composer", name="mixture_nll")
-    def mixture_nll(targets, outputs):
-        """-log p(target) under MixtureHead's mixture, per feature: (batch, time)."""
-        features = targets.shape[-1]
-        k = outputs.shape[-1] // (features + 2)
-        log_stds = ops.clip(outputs[..., k : 2 * k], *LOG_SCALE_LIMITS)
-        squared = ops.stack([ops.sum(ops.square(
-            targets - outputs[..., 2 * k + j * features : 2 * k + (j + 1) * features]), axis=-1)
-            for j in range(k)], axis=-1)  # (batch, time, K): one component at a time, no copy
-        log_p = (ops.log_softmax(outputs[..., :k], axis=-1) - features * log_stds
-                 - 0.5 * squared * ops.exp(-2.0 * log_stds))
-        return -ops.logsumexp(log_p, axis=-1) / features + 0.5 * math.log(2 * math.pi)
 
 
 def build_model(num_features, hidden_neurons, hidden_layers, head=None):
@@ -2198,7 +2110,7 @@ def build_model(num_features, hidden_neurons, hidden_layers, head=None):
     for index in range(hidden_layers):
         # Default activations and no recurrent dropout keep TensorFlow's cuDNN LSTM on a GPU.
         x = layers.LSTM(hidden_neurons, return_sequences=True, name=f"lstm_{index}")(x)
-    head = head or PointHead("average")
+    head = head or PointHead()
     prior = getattr(head, "prior", False)  # a units head's logits go on from counting's: from
     # zero, so that a new network predicts what counting does and moves only where it learns
     next_frames = layers.Dense(head.outputs(num_features), name="project_out",
@@ -2507,6 +2419,12 @@ def check_checkpoint_shape(path, metadata, hidden_neurons, hidden_layers):
 
 def check_checkpoint_head(path, metadata, head):
     saved = metadata.get("head", "average")  # before --head, every network predicted averages
+    if saved in RETIRED_HEADS:
+        raise UserError(
+            f"The checkpoint {path} holds a network with {RETIRED_HEADS[saved]}, which this "
+            f"version no longer has: it lost to the average and units heads (tests/FINDINGS.md "
+            f"has the figures). Train a new model in another folder (-t NEW_FOLDER), or use an "
+            f"earlier version of music-composer for this one. The checkpoint was not changed.")
     if head is not None and saved != head:
         raise UserError(
             f"The checkpoint {path} holds a network that predicts {HEADS[saved]}, but this run "
@@ -4199,8 +4117,6 @@ def report_piece(path, reference, skip_seconds, copied):
 
 
 STEERS = {"network": "the network chooses each next frame from all it has heard",
-          "leave": "the network says when to leave the recording (where its prediction "
-                   "departs from it more than on the music), and where to (experimental)",
           "join": "no network, the walk: the recording goes on until the copy guard, then jumps "
                   "to the frame that joins best on the beat (needs no trained model: a remix "
                   "in seconds, and the control the network's pieces are measured against)"}
@@ -4214,7 +4130,7 @@ class GenerationPlan:
     frames: str  # the kind of frame: a key of FRAME_KINDS
     synthesis: str  # how frames sound: a key of SYNTHESES
     steer: str = "network"  # who chooses each next frame: a key of STEERS
-    temperature: float = 1.0  # scale of the sampled errors (or the mixture's temperature)
+    temperature: float = 1.0  # scale of the sampled errors (or of a units network's logits)
     postfilter: bool = False  # sharpen predicted spectra before sounding them (spectra only)
     copy_limit: float = COPY_LIMIT_SECONDS  # seconds: longest verbatim stretch (grains)
     seconds: float = 10  # length of each piece
@@ -4307,28 +4223,6 @@ class NetworkChoice:
         return synthesis.steer(predict_next, music_frames)
 
 
-LEAVE_QUANTILE = 0.9  # --steer leave: the recording is left where the prediction departs from it
-# more than it departs from the real next frame this often on the music itself
-
-
-class NetworkLeaves(NetworkChoice):
-    """--steer leave: the network says when to leave the recording. The recording goes on while
-    the network's (sampled) prediction is as near its next frame as predictions are to the real
-    next frame on held-out music (LEAVE_QUANTILE of the time); where it departs further, the
-    piece jumps, to the frame the network's choice prefers. Grains only."""
-
-    def predict_next(self, plan, synthesis, cache, pieces, rng):
-        predict_next = super().predict_next(plan, synthesis, cache, pieces, rng)
-        errors, _ = prediction_errors(self.network.model, cache, np.random.default_rng(0))
-        codes = errors @ synthesis.folding()[0]  # (count, dimensions): on the index's axes
-        pairs = np.random.default_rng(1).integers(len(codes), size=(4096, 2))
-        # A sampled prediction is the prediction plus one error; the real frame, plus another.
-        departures = np.sum(np.square(plan.temperature * codes[pairs[:, 0]]
-                                      - codes[pairs[:, 1]]), axis=1)
-        synthesis.leave_beyond = float(np.quantile(departures, LEAVE_QUANTILE))
-        return predict_next
-
-
 UNIT_STAY_CHANCE = 0.05  # a units network keeps the recording while it gives the recording's
 # next unit at least this chance, unless calibrated on the music (unit_stay_chance)
 UNIT_LEAVE_QUANTILE = 0.1  # ... calibrated: the recording is left where its next unit is less
@@ -4389,11 +4283,11 @@ def unit_stay_chance(network, cache, temperature, count=128, length=16):
     return float(np.quantile(chances, UNIT_LEAVE_QUANTILE))
 
 
-def network_choice(network, steer="network"):
-    """Who chooses for a trained network: by its head, and --steer."""
+def network_choice(network):
+    """Who chooses for a trained network: by its head."""
     if network.head.name == "units":
         return NetworkUnits(network)
-    return NetworkLeaves(network) if steer == "leave" else NetworkChoice(network)
+    return NetworkChoice(network)
 
 
 class JoinAlone:
@@ -4412,7 +4306,7 @@ class JoinAlone:
 def output_fold(synthesis, head):
     """What the generation step may fold into its output layer (see compile_step): the
     synthesis's map of a prediction to all it reads of it, when it has one (grains: the
-    index's numbers) and the head's outputs are the prediction itself (not a mixture's)."""
+    index's numbers) and the head's outputs are the prediction itself (not units' chances)."""
     folding = getattr(synthesis, "folding", None)
     return folding() if folding is not None and head.predicts_frames else None
 
@@ -4519,8 +4413,6 @@ def save_figure(figure, path):
 
 
 LOSS_LABELS = {"average": "mean squared error (normalised frames)",
-               "median": "mean absolute error (normalised frames)",
-               "mixture": "negative log-likelihood per feature (nats)",
                "units": "cross-entropy of the next unit (nats)"}
 
 
@@ -5093,7 +4985,7 @@ def generation_flags(parser):
                             help="how freely each next frame is sampled: 0 takes the "
                                  "network's most likely frame, higher is freer; it scales the "
                                  "network's own errors added back to a predicted frame, or "
-                                 "with --head mixture the mixture's choice and spread "
+                                 "sharpens or flattens a units network's chances "
                                  "(default: 1; 0 with --frames plain, as the original)")
     generation.add_argument("--synthesis", choices=list(SYNTHESES),
                             help="how predicted frames become sound: " + described(SYNTHESES)
@@ -5252,10 +5144,6 @@ def compose_from_folder(config):
                         f"sound, which only grains can play: leave out --synthesis spectra, or "
                         f"train a model of spectra in another folder (-t OTHER_FOLDER "
                         f"--synthesis spectra).")
-    if units and config.steer == "leave":
-        raise UserError("--steer leave reads a predicted frame; a units model says when to "
-                        "leave the recording itself: leave out --steer leave (or, for a new "
-                        "model, train one that predicts frames: --head average).")
     if config.epochs == 0 and checkpoint is None:
         stopped = " (the first epoch was stopped midway: leave out -e 0 to go on with it)" \
             if midepoch else ""
@@ -5277,7 +5165,7 @@ def compose_from_folder(config):
         network = Network(load_checkpoint_model(path), Normalisation(*checkpoint[2:]),
                           metadata.get("units"))
     with disk_space_for_pieces(config):
-        return compose(config, network_choice(network, config.steer), cache,
+        return compose(config, network_choice(network), cache,
                        generation_randomness(config), seed_wavs, metadata)
 
 

@@ -356,9 +356,9 @@ def test_a_step_with_the_index_folded_in_chooses_as_the_full_one(mc, cache, dtyp
     if dtype == "float32":
         np.testing.assert_array_equal(choices[True], choices[False])
         assert len(np.unique(choices[True])) > 2  # the choices move: not one frame throughout
-    # Nothing to fold for spectra, or for a mixture, whose outputs are sampled before use.
+    # Nothing to fold for spectra, or for units, whose outputs are chances, not a frame.
     assert mc.output_fold(mc.make_synthesis("magnitude", 2, "spectra", real), head) is None
-    assert mc.output_fold(synthesis, mc.make_head("mixture")) is None
+    assert mc.output_fold(synthesis, mc.make_head("units")) is None
 
 
 # -----------------------------------------------------------------------------

@@ -209,9 +209,3 @@ def test_a_units_model_through_the_command_line(mc, tmp_path):
         assert json.loads(archive.read(mc.CHECKPOINT_METADATA))["head"] == "average"
     assert len(list(tmp_path.glob("sp-*.wav"))) == 2
     assert "Traceback" not in refused.stderr and not list(tmp_path.glob("s-*.wav"))
-    leave = run_cli(*flags, "-e", "0", "--steer", "leave", "-o", tmp_path / "l", cwd=tmp_path)
-    assert leave.returncode == 1 and "leave out --steer leave" in leave.stderr
-    fresh = run_cli(*flags[:2], "-t", tmp_path / "fresh", *flags[4:], "--steer", "leave",
-                    "-o", tmp_path / "f", cwd=tmp_path)  # a new model, units by default
-    assert fresh.returncode == 1 and "--head average" in fresh.stderr
-    assert not (tmp_path / "fresh" / "model.keras").exists()

@@ -28,12 +28,11 @@ def cache(mc, music):
     return mc.prepare_cache(music / "music", music / "cache")
 
 
-def choices(mc, cache, predict_next, frames=24, copy_limit=1.0, start=3, leave_beyond=None):
+def choices(mc, cache, predict_next, frames=24, copy_limit=1.0, start=3):
     """The frames GrainSynthesis chooses, one piece, from a clip at `start`, steered by
     predict_next (network-normalised frames in, predictions out; None: no prediction)."""
     real = mc.RealFrames(cache, cache.normalisation)
     synthesis = mc.make_synthesis("magnitude", 1, "grains", real, copy_limit)
-    synthesis.leave_beyond = leave_beyond
     seed = np.asarray(cache.frames[None, start : start + mc.WINDOW_FRAMES])
     synthesis.prime(cache.normalisation.denormalise(seed))
     chosen = []
@@ -77,21 +76,6 @@ def test_the_walk_is_the_networks_path_less_the_prediction_term(mc, cache):
     elsewhere = mc.RealFrames(cache, cache.normalisation).for_network(
         np.array([len(cache.frames) - 3]))  # a frame of the held chord
     assert choices(mc, cache, lambda frames: elsewhere) != walk
-
-
-def test_leaving_the_recording_where_the_prediction_departs_from_it(mc, cache):
-    """--steer leave's rule: while the prediction is within leave_beyond of the recording's next
-    frame the recording goes on (to the guard); where it departs further, the piece jumps. A
-    prediction pointing at a far frame, with no departure allowed, jumps at every block; with
-    any departure allowed, the recording goes on to the guard as the walk's does."""
-    elsewhere = mc.RealFrames(cache, cache.normalisation).for_network(
-        np.array([len(cache.frames) - 3]))
-    stays = choices(mc, cache, lambda frames: elsewhere, copy_limit=2.0, leave_beyond=np.inf)
-    runs = mc.verbatim_stretches(stays, cache.file_starts)
-    assert len(runs) >= 3 and all(run == 8 for run in runs[:-1])  # 2 s each, then the guard
-    leaves = choices(mc, cache, lambda frames: elsewhere, copy_limit=2.0, leave_beyond=-1.0)
-    assert all(after != before + 1 for before, after in zip(leaves, leaves[1:]))
-    assert max(mc.verbatim_stretches(leaves, cache.file_starts)) == 1
 
 
 def test_the_walk_follows_the_recording_up_to_the_copy_guard_then_joins_best(mc, cache):
