@@ -209,3 +209,37 @@ def test_a_units_model_through_the_command_line(mc, tmp_path):
         assert json.loads(archive.read(mc.CHECKPOINT_METADATA))["head"] == "average"
     assert len(list(tmp_path.glob("sp-*.wav"))) == 2
     assert "Traceback" not in refused.stderr and not list(tmp_path.glob("s-*.wav"))
+
+
+def test_a_units_network_generates_from_its_best_epoch(mc, tmp_path):
+    """Of two epochs, the one whose held-out loss is lower generates (model-best.keras), where it
+    is of the same training as the last; a best checkpoint of other music, or a network of
+    frames, generates from the last epoch."""
+    music = tmp_path / "music"
+    music.mkdir()
+    write_int16(music / "a.wav", melody(16.0, seed=4))
+    flags = ["-d", music, "-t", tmp_path / "t", "-n", "8", "-l", "1", "-g", "1", "-s", "2",
+             "--random-seed", "2", "--no-plots"]
+    trained = run_cli(*flags, "-e", "2", "-o", tmp_path / "u", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    last, _, _ = mc.read_checkpoint_metadata(tmp_path / "t" / mc.CHECKPOINT_NAME)
+    best = min(last["history"], key=lambda entry: entry["val_loss"])["epoch"]
+    chosen = mc.generating_checkpoint(tmp_path / "t")
+    assert mc.read_checkpoint_metadata(chosen)[0]["epochs_done"] == best
+    assert chosen.name == mc.BEST_CHECKPOINT_NAME
+    again = run_cli(*flags, "-e", "0", "-o", tmp_path / "again", cwd=tmp_path)
+    assert again.returncode == 0 and f"Generating from {chosen}" in again.stdout
+    # The best checkpoint of other music is not taken.
+    import shutil
+    import zipfile
+
+    other = tmp_path / "other.keras"
+    with zipfile.ZipFile(tmp_path / "t" / mc.BEST_CHECKPOINT_NAME) as source, \
+            zipfile.ZipFile(other, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename == mc.CHECKPOINT_METADATA:
+                data = json.dumps({**json.loads(data), "cache_fingerprint": "elsewhere"})
+            target.writestr(item, data)
+    shutil.move(other, tmp_path / "t" / mc.BEST_CHECKPOINT_NAME)
+    assert mc.generating_checkpoint(tmp_path / "t").name == mc.CHECKPOINT_NAME
