@@ -27,6 +27,13 @@ def test_units_are_the_clusters_of_the_index_numbers(mc):
     assert len(mc.music_units(codes[:20], 256)) == 5  # at most a quarter of the frames
 
 
+def test_the_number_of_units_grows_with_the_music(mc):
+    """One unit for every 30 frames, at least 32 and at most 256: 8 minutes of music (1 920
+    frames) get 64, an hour 256, a minute 32."""
+    assert mc.units_for(1920) == 64
+    assert mc.units_for(4 * 60 * 60) == 256 and mc.units_for(240) == 32
+
+
 def test_a_units_batch_has_the_next_frames_units_as_targets(mc):
     frames = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
     labels = (np.arange(40) * 7 % 5).astype(np.int32)
