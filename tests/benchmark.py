@@ -167,18 +167,24 @@ def train_throughput(tool, cache, neurons, layers, batch_size, blocks, steps, wa
     speed drifts still gives fair ratios."""
     keras = tool.import_keras()
     head = tool.make_head(head or tool.DEFAULT_HEAD[tool.DEFAULT_SYNTHESIS[tool.DEFAULT_FRAMES]])
-    labels = None
+    labels = bigram = None
+    length = tool.sequence_length(cache.file_starts, seconds or tool.SEQUENCE_SECONDS)
+    train_starts, validation_starts = tool.split_windows(cache.file_starts, length,
+                                                         tool.training_stride(length))
     if head.name == "units":  # as prepare_model() and training_batches() do
         head = tool.music_units_head(cache, {})
         labels = tool.unit_labels(cache.codes, head.centroids)
-    length = tool.sequence_length(cache.file_starts, seconds or tool.SEQUENCE_SECONDS)
-    train_starts, _ = tool.split_windows(cache.file_starts, length, tool.training_stride(length))
+        _, bigram = tool.unit_counting(labels, train_starts, validation_starts, length,
+                                       head.components)
     batches = tool.make_batches(cache.frames, train_starts, batch_size,
                                 np.random.default_rng(0), shuffle=True, length=length,
                                 labels=labels)
     models = {}
     for precision in precisions:  # as train() does
         model = tool.build_model(tool.NUM_FEATURES, neurons, layers, head)
+        if tool.unit_prior_of(model) is not None:  # counting's logits, as training sets them
+            tool.unit_prior_of(model).set_weights([cache.components.T, head.centroids,
+                                                   np.log(bigram).astype(np.float32)])
         tool.use_precision(model, precision)
         tool.use_fastest_lstm_kernel(model, tool.gpu_available(), length)
         model.fit(batches, epochs=1, steps_per_epoch=warm_up, verbose=0)
@@ -201,6 +207,21 @@ def train_throughput(tool, cache, neurons, layers, batch_size, blocks, steps, wa
             mixed[0] / plain[0] for mixed, plain in zip(*(rounds[p] for p in precisions[:2])))
     return figures, tool.Network(models[precisions[0]], cache.normalisation,
                                  getattr(head, "centroids", None))
+
+
+def held_out_prediction(tool, network, cache, batch_size):
+    """The benchmark's units network (after its few timed steps) on the held-out music, beside
+    counting over the same steps, as a run reports them: {held_out_loss, bigram_loss,
+    unigram_loss} in nats."""
+    length = tool.sequence_length(cache.file_starts, tool.SEQUENCE_SECONDS)
+    train, validation = tool.split_windows(cache.file_starts, length, tool.training_stride(length))
+    labels = tool.unit_labels(cache.codes, network.head.centroids)
+    counting, _ = tool.unit_counting(labels, train, validation, length,
+                                     len(network.head.centroids))
+    batches = tool.make_batches(cache.frames, validation, batch_size, np.random.default_rng(0),
+                                shuffle=False, length=length, labels=labels)
+    return {"held_out_loss": float(network.model.evaluate(batches, verbose=0)),
+            "bigram_loss": counting["bigram"], "unigram_loss": counting["unigram"]}
 
 
 def generation_seconds(tool, network, cache, pieces, seconds, repeats, work, kind, way,
@@ -379,6 +400,10 @@ def measure(sizes, work):
     results["train_frames_per_s"] = fps
     results["params"] = tool.trained_parameters(network.model)
     results["units"] = network.head.components
+    results.update(held_out_prediction(tool, network, cache, batch))
+    print(f"held-out next-unit loss after the timed steps: {results['held_out_loss']:.2f} nats; "
+          f"counting on the same steps: bigram {results['bigram_loss']:.2f}, unigram "
+          f"{results['unigram_loss']:.2f}", flush=True)
     results["train_mfu"] = mfu
     results["train_frames_per_s_float32"], _, results["train_mfu_float32"] = figures["float32"]
     results["train_mixed_speedup"] = figures.get("ratio", 1.0)

@@ -15,7 +15,8 @@ KEYS = ["help_s", "prep_x_realtime", "prep_peak_rss_mb_10min", "prep_peak_rss_mb
         "train_frames_per_s_1s_average", "train_mfu_1s_average", "train_epoch_cost_vs_1s_average",
         "train_frames_per_s_float32", "train_mfu_float32", "train_mixed_speedup",
         "prep_share_of_epoch", "gen_x_realtime_longest", "gen_longest_vs_10min",
-        "train_frames_per_s_average", "train_units_vs_average", "gen_x_realtime_average", "units"]
+        "train_frames_per_s_average", "train_units_vs_average", "gen_x_realtime_average", "units",
+        "held_out_loss", "bigram_loss", "unigram_loss"]
 
 
 def test_benchmark_quick_run_reports_every_key():
