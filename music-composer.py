@@ -1402,7 +1402,8 @@ def load_cache(cache_dir, fingerprint):
         beats = np.load(folder / "beats.npy", allow_pickle=False)
         chroma = np.load(folder / "chroma.npy", allow_pickle=False)
         kind, pitch_clarity = manifest["settings"]["frame"], float(manifest["pitch_clarity"])
-        onset_rate = float(manifest.get("note_rate", math.nan))
+        onset_rate = float(manifest["note_rate"]) \
+            if manifest.get("notes_version") == NOTES_VERSION else math.nan
         rhythm = (float(manifest["pulse"]), float(manifest["tempo_kept"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -1415,11 +1416,11 @@ def load_cache(cache_dir, fingerprint):
             or components.shape[1:] != (NUM_FEATURES,) or beats.shape != (expected[0], 2) \
             or chroma.shape != (expected[0], 12):
         return None
-    if math.isnan(onset_rate):  # a cache from before notes were counted as now: counted
-        onset_rate = cached_note_rate(audio, file_starts)  # again from the music it holds
+    if math.isnan(onset_rate):  # a cache from before notes and the pulse were read as now:
+        notes = cached_note_figures(audio, file_starts)  # again, from the music it holds
+        onset_rate, rhythm = notes["note_rate"], (notes["pulse"], notes["tempo_kept"])
         try:  # and kept, where the folder can be written (else counted again next time)
-            write_json_atomically(Path(cache_dir) / CACHE_MANIFEST,
-                                  {**manifest, "note_rate": onset_rate})
+            write_json_atomically(Path(cache_dir) / CACHE_MANIFEST, {**manifest, **notes})
         except OSError:
             pass
     starts = mel["mel_second_starts"]
@@ -1431,18 +1432,26 @@ def load_cache(cache_dir, fingerprint):
                       chroma)
 
 
-def cached_note_rate(audio, file_starts):
-    """Notes starting a second in the cache's music (audio.npy, file by file, from where its
-    padding ends), counted as the quality report counts them."""
-    filters, notes = mel_filterbank(), 0
+NOTES_VERSION = 2  # how notes and the pulse are read from the music (NOTE_LAG, NOTE_FLAT_DB)
+
+
+def cached_note_figures(audio, file_starts):
+    """The music's notes a second, pulse and tempo kept, read from the cache's own audio
+    (audio.npy, file by file, from where its padding ends) as the quality report reads them."""
+    filters, notes, pulses, kept = mel_filterbank(), 0, [], []
     for file, (start, end) in enumerate(zip(file_starts[:-1], file_starts[1:])):
         first = (start + file) * BLOCK_SIZE + BLOCK_SIZE // 2
 
         def read(low, high, first=first):
             return read_span(audio, first + low, high - low).astype(np.float32) / 32768
 
-        notes += log_mel_stats(read, int(end - start) * BLOCK_SIZE, filters).onsets()
-    return notes / max(file_starts[-1] / FRAMES_PER_SECOND, 1e-9)
+        stats = log_mel_stats(read, int(end - start) * BLOCK_SIZE, filters)
+        notes += stats.onsets()
+        file_pulses, file_kept = rhythm_windows(stats.note_envelope(), NOTE_FLAT_DB)
+        pulses.extend(file_pulses)
+        kept.extend(file_kept)
+    return {"note_rate": notes / max(file_starts[-1] / FRAMES_PER_SECOND, 1e-9),
+            **rhythm_figures(pulses, kept), "notes_version": NOTES_VERSION}
 
 
 def write_npy(path, array):
@@ -1530,9 +1539,8 @@ def write_raw_frames(music_paths, folder, kind):
                                          filters, into=mel_total)
                 mel_seconds.append(file_mel.second_means())
                 onsets[0] += file_mel.onsets()
-                envelope = file_mel.onset_envelope()
-                beats.append(frame_beats(envelope, len(frames))[0])
-                file_pulses, file_kept = rhythm_windows(envelope)
+                beats.append(frame_beats(file_mel.onset_envelope(), len(frames))[0])
+                file_pulses, file_kept = rhythm_windows(file_mel.note_envelope(), NOTE_FLAT_DB)
                 pulses.extend(file_pulses)
                 tempo_kept.extend(file_kept)
 
@@ -1669,7 +1677,7 @@ def build_cache(dataset_dir, cache_dir, music_paths, fingerprint, kind=DEFAULT_F
                     preprocessing_settings(kind), "num_frames": int(file_starts[-1]),
                     "files": [name for name, _ in used], "rms_db": reference.rms_db,
                     "pitch_clarity": reference.pitch_clarity,
-                    "note_rate": reference.onset_rate,
+                    "note_rate": reference.onset_rate, "notes_version": NOTES_VERSION,
                     "pulse": reference.pulse, "tempo_kept": reference.tempo_kept}
         write_json_atomically(cache_dir / CACHE_MANIFEST, manifest)
     finally:
@@ -3636,7 +3644,7 @@ class LogMelStats:
         from scipy.ndimage import median_filter
         from scipy.signal import find_peaks
 
-        rises = np.concatenate(self.rises) if self.rises else np.zeros(0, np.float32)
+        rises = self.note_envelope()
         if len(rises) < 3:
             return 0
         threshold = median_filter(rises, MEL_FRAMES_PER_SECOND, mode="nearest") + NOTE_RISE_DB
@@ -3645,6 +3653,16 @@ class LogMelStats:
     def onset_envelope(self):
         """(values,) float32: the spectral flux, ONSETS_PER_SECOND values a second."""
         return np.concatenate(self.flux) if self.flux else np.zeros(0, np.float32)
+
+    def note_envelope(self):
+        """(values,) float32: how much the bands that rose most rose (see NOTE_LAG), as many a
+        second as the flux: what notes and the pulse figure are read from."""
+        return np.concatenate(self.rises) if self.rises else np.zeros(0, np.float32)
+
+    def rhythm(self):
+        """The pulse and tempo kept figures (rhythm_figures), read from the note envelope, so
+        that soft music's beat is heard as its notes are."""
+        return rhythm_figures(*rhythm_windows(self.note_envelope(), NOTE_FLAT_DB))
 
 
 def log_mel_stats(read_samples, num_samples, filters, into=None):
@@ -3673,6 +3691,8 @@ STEADY_PULSE = 0.2  # a file whose pulse is below this has no steady beat: no be
 TEMPO_TOLERANCE = 0.04  # two tempos within 4 % are one
 BEAT_ONSET_DB = 1.0  # an onset envelope varying less than this (std, dB) has no notes to beat:
 # a held chord's (0.3) or noise's (0.25) against 2 to 7 for music
+NOTE_FLAT_DB = 1.5  # the same for the note envelope: a held chord's 0.2, noise's 1.0; slow
+# notes at -30 dB 2 to 7 (the flux had them at 0.1 to 0.4, and their pulse at 0)
 BEAT_TIGHTNESS = 100.0  # how dearly the beat tracker pays for a beat off the period (Ellis)
 
 
@@ -3714,7 +3734,7 @@ def same_tempo(lag, reference_lag):
                for factor in (0.5, 1.0, 2.0))
 
 
-def rhythm_windows(envelope):
+def rhythm_windows(envelope, flat_below=BEAT_ONSET_DB):
     """Per 6-s window (3 s apart) of an onset envelope: its pulse, the autocorrelation's highest
     peak at beat periods (near 0 without a beat, about 0.5 for music driven by drums), and
     whether its tempo (the peak nearest a listener's 120 a minute, see beat_lag) is the whole
@@ -3726,7 +3746,7 @@ def rhythm_windows(envelope):
         window = envelope[start : start + size]
         if len(window) == size:
             correlation = autocorrelation(window)
-            pulses.append(beat_lag(correlation)[1] if np.std(window) >= BEAT_ONSET_DB else 0.0)
+            pulses.append(beat_lag(correlation)[1] if np.std(window) >= flat_below else 0.0)
             kept.append(same_tempo(beat_lag(correlation, weighted=True)[0], whole))
     return pulses, kept
 
@@ -4059,7 +4079,7 @@ def measure_piece(samples, reference, scale=1.0):
             "music_onsets_per_s": reference.onset_rate,
             "structure": structure_of(stats.second_means()),
             "music_structure": reference.structure(len(samples) // SAMPLE_RATE),
-            **rhythm_figures(*rhythm_windows(stats.onset_envelope())),
+            **stats.rhythm(),
             "music_pulse": reference.pulse, "music_tempo_kept": reference.tempo_kept}
 
 

@@ -227,8 +227,9 @@ def test_no_notes_in_noise_or_a_held_chord_and_the_same_in_chunks(mc):
 
 
 def test_a_cache_that_counted_notes_the_old_way_counts_them_again(mc, tmp_path):
-    """An older cache's manifest has no note_rate: the music's is counted from the cache's own
-    audio (as it was built), kept in the manifest, and the cache is not rebuilt."""
+    """An older cache's manifest read notes and the pulse the old way: the music's are read
+    again from the cache's own audio (as they were when it was built), kept in the manifest,
+    and the cache is not rebuilt."""
     import json
 
     audio, _ = soft_notes(20.0, seed=6, level_db=-20.0)
@@ -239,9 +240,47 @@ def test_a_cache_that_counted_notes_the_old_way_counts_them_again(mc, tmp_path):
     manifest_path = tmp_path / "cache" / mc.CACHE_MANIFEST
     manifest = json.loads(manifest_path.read_text())
     folder = manifest["folder"]
+    pulse = manifest["pulse"]
     manifest["onset_rate"] = manifest.pop("note_rate") / 3  # as an older version wrote it
+    del manifest["notes_version"]
+    manifest["pulse"] = 0.0
     manifest_path.write_text(json.dumps(manifest))
     again = mc.prepare_cache(music, tmp_path / "cache")
     assert again.reference.onset_rate == pytest.approx(built, rel=0.05)
+    assert again.reference.pulse == pytest.approx(pulse, abs=0.05)
     kept = json.loads(manifest_path.read_text())
     assert kept["folder"] == folder and kept["note_rate"] == pytest.approx(built, rel=0.05)
+    assert kept["notes_version"] == mc.NOTES_VERSION
+
+
+def soft_beat(seconds=30.0, period=0.5, seed=0):
+    """Slow-attack notes at -30 dB, one every `period` s: a beat with no sharp attack."""
+    rng = np.random.default_rng(seed)
+    audio, start = np.zeros(int(seconds * RATE)), 0.25
+    while start < seconds - 1:
+        t = np.arange(int((period + 0.4) * RATE)) / RATE
+        envelope = np.minimum(1, t / 0.08) ** 2 * np.where(t < period, 1,
+                                                          np.exp(-(t - period) / 0.05))
+        first = int(start * RATE)
+        note = np.sin(2 * np.pi * 220 * 2 ** (rng.integers(0, 12) / 12) * t) * envelope
+        audio[first : first + len(t)] += note[: len(audio) - first]
+        start += period
+    return (audio * 10 ** (-30 / 20) / np.sqrt(np.mean(audio ** 2))).astype(np.float32)
+
+
+def figures_of(mc, audio):
+    return mc.log_mel_stats(lambda a, b: audio[a:b], len(audio), mc.mel_filterbank()).rhythm()
+
+
+def test_soft_notes_on_a_beat_have_a_pulse_and_their_pitch_is_clear(mc):
+    """The pulse is read from the note envelope: soft notes on a steady beat pulse as drums do
+    (the flux, averaged over every band, had them at 0), soft notes at random times much less,
+    a held chord and noise not at all; soft tones are clearly pitched."""
+    steady = figures_of(mc, soft_beat())
+    assert steady["pulse"] > 0.5 and steady["tempo_kept"] == 1.0
+    assert figures_of(mc, soft_notes()[0])["pulse"] < steady["pulse"] - 0.2
+    assert figures_of(mc, held_chord(30.0))["pulse"] == 0.0
+    assert figures_of(mc, white_noise(30.0))["pulse"] == 0.0
+    assert figures_of(mc, drum_loop()[0])["pulse"] > 0.5
+    for seed, pad in ((0, False), (2, True)):
+        assert mc.pitch_clarity(soft_notes(seed=seed, pad=pad)[0]) > 0.9
