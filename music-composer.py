@@ -4819,10 +4819,11 @@ def process_is_alive(pid):
 
 
 def remove_leftovers(cache_dir, output_name):
-    """Temporary files of runs that were killed: partial checkpoints in the (locked) traindata
-    folder, and partial WAVs whose writing process has gone."""
-    for path in Path(cache_dir).glob(".*.tmp-*"):
-        path.unlink(missing_ok=True)
+    """Temporary files of runs that were killed: partial checkpoints and loss curves in the
+    (locked) traindata folder, and partial WAVs whose writing process has gone."""
+    for pattern in (".*.tmp-*", ".*.partial-*"):
+        for path in Path(cache_dir).glob(pattern):
+            path.unlink(missing_ok=True)
     import re
 
     output = Path(output_name)

@@ -498,3 +498,18 @@ def test_two_runs_racing_for_the_same_names_both_keep_their_pieces(tmp_path):
             _, samples = wavfile.read(path)
             assert np.all(samples == round(level * 32767))
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_killed_run_s_partial_loss_curve_is_cleared(mc, tmp_path):
+    """A SIGKILL while the loss curve was being saved leaves its temporary file in the
+    traindata folder (found by the kill loop); the next run, holding the folder's lock, clears
+    it and every other temporary of ours there, and nothing else."""
+    cache = tmp_path / "train_data"
+    cache.mkdir()
+    leftovers = [cache / ".loss.png.partial-4242.png", cache / ".model.keras.tmp-4242"]
+    kept = [cache / "loss.png", cache / "model.keras", cache / "notes.partial.txt"]
+    for path in leftovers + kept:
+        path.write_bytes(b"x")
+    mc.remove_leftovers(cache, str(tmp_path / "output"))
+    assert not any(path.exists() for path in leftovers)
+    assert all(path.exists() for path in kept)
