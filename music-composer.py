@@ -4387,8 +4387,7 @@ def announce(plan, seeds):
     if seeds.endings is not None:
         say(f"Continuing {plural(len(seeds.frames), 'piece')} of your own for {plan.seconds} s "
             f"each; every file starts with the last {SEED_PREFIX_SECONDS:.0f} s of its seed"
-            + (", whose own recording joins the music its grains choose from."
-               if seeds.music else "."))
+            + (", and goes on from its very end into your music." if seeds.music else "."))
     else:
         say(f"Generating {plural(len(seeds.frames), 'piece')} of {plan.seconds} s, seeded with "
             f"random {seeds.frames.shape[1] / FRAMES_PER_SECOND:g} s clips of the training music, "
