@@ -2852,12 +2852,12 @@ def unit_counting(labels, train_starts, validation_starts, length, units):
     with the unigram), both counted on the training part; the uniform guess's; and how often the
     next unit is simply the current one ('stay'). labels: (num_frames,) each frame's unit.
     Returns those figures and the bigram, (units, units): row a, the chances of the unit after a."""
-    def steps(starts):  # (current, next) unit of every step of these sequences
+    def steps(starts, once=False):  # (current, next) unit of every step of these sequences
         frames = (np.asarray(starts)[:, None] + np.arange(length)).ravel()
+        frames = np.unique(frames) if once else frames
         return labels[frames], labels[frames + 1]
 
-    frames = np.unique((np.asarray(train_starts)[:, None] + np.arange(length)).ravel())
-    now, following = labels[frames], labels[frames + 1]  # each training step counted once
+    now, following = steps(train_starts, once=True)  # each training step counted once
     unigram = np.bincount(following, minlength=units) + BIGRAM_SMOOTHING
     unigram /= unigram.sum()
     pairs = np.full((units, units), BIGRAM_SMOOTHING)
@@ -4664,6 +4664,7 @@ def page_html(config, cache, metadata, pieces, page, excerpt):
     seconds = (len(cache.frames)) / FRAMES_PER_SECOND
     loss = config.cache_dir / "loss.png"
     checkpoint = config.cache_dir / (metadata or {}).get("generated_from", CHECKPOINT_NAME)
+    prediction = held_out_prediction(metadata) if metadata else None
     model = (f"-n {metadata['hidden_neurons']} -l {metadata['hidden_layers']}, trained for "
              f"{plural(metadata['epochs_done'], 'epoch')}, from <code>"
              f"{html.escape(str(checkpoint))}</code>" if metadata else "")
@@ -4680,8 +4681,7 @@ def page_html(config, cache, metadata, pieces, page, excerpt):
         f"{time.strftime('%Y-%m-%d %H:%M')}.</p>",
         "<h2>The run</h2><ul>",
         f"<li>The model: {model}.</li>" if model else "",
-        f"<li>{html.escape(held_out_prediction(metadata))}</li>"
-        if metadata and held_out_prediction(metadata) else "",
+        f"<li>{html.escape(prediction)}</li>" if prediction else "",
         f"<li>The training music: {plural(len(cache.file_names), 'file')}, {seconds / 60:.1f} min "
         f"({html.escape(names)}); level {cache.reference.rms_db:.1f} dB.</li>",
         f"<li>Sounded as {plan.synthesis}, "
@@ -5214,8 +5214,8 @@ def compose_from_folder(config):
         say(f"Generating from {path}, trained for {plural(metadata['epochs_done'], 'epoch')}"
             + (" (the epoch that predicts the held-out music best)."
                if path.name == BEST_CHECKPOINT_NAME else "."))
-        if held_out_prediction(metadata):
-            say(held_out_prediction(metadata))
+        if line := held_out_prediction(metadata):
+            say(line)
         network = Network(load_checkpoint_model(path), Normalisation(mean, std),
                           metadata.get("units"))
     with disk_space_for_pieces(config):
@@ -5270,8 +5270,8 @@ def train_network(config, cache, latest, rng):
     if path.name != CHECKPOINT_NAME:
         say(f"Generating from {path}: epoch {metadata['epochs_done']} predicts the held-out "
             f"music best.")
-    if held_out_prediction(metadata):
-        say(held_out_prediction(metadata))
+    if line := held_out_prediction(metadata):
+        say(line)
     if config.plots:  # every epoch's, the last checkpoint's history
         last = read_checkpoint_metadata(config.cache_dir / CHECKPOINT_NAME)[0]
         with disk_space_for(config.cache_dir, "the loss curve", "-t/--traindata-folder-path"):
