@@ -901,6 +901,18 @@ class RealFrames:
         file = np.searchsorted(starts, index, side="right") - 1
         return slice(max(starts[file], index - reach), min(starts[file + 1], index + reach + 1))
 
+    def within(self, candidates, frames, reach):
+        """(len(candidates),) bool: True where a candidate lies within `reach` frames of any of
+        `frames` in the same file."""
+        candidates, frames = np.asarray(candidates), np.asarray(frames)
+        if not len(frames):
+            return np.zeros(len(candidates), bool)
+        starts = self.cache.file_starts
+        files = np.searchsorted(starts, candidates, side="right")
+        near = (np.abs(candidates[:, None] - frames[None]) <= reach) \
+            & (files[:, None] == np.searchsorted(starts, frames, side="right")[None])
+        return near.any(axis=1)
+
     def successors(self, indices):
         """The frame after each one in its file, or -1 (none: the file ends, or no frame)."""
         after = np.asarray(indices) + 1
@@ -909,6 +921,49 @@ class RealFrames:
         return np.where((np.asarray(indices) >= 0) & (after < ends), after, -1)
 
 
+def squared_distances(rows, code):  # (n, dimensions), (dimensions,) -> (n,) float32
+    difference = rows - code  # not |a|^2 - 2ab + |b|^2: a frame is exactly 0 from itself,
+    return np.einsum("ij,ij->i", difference, difference)  # and a row's figure is its own
+
+
+class MusicIndex:
+    """The music's frames by unit of sound, so that a step of choosing costs the same on hours
+    of music as on minutes: a units network's jump looks only inside the unit it drew, and a
+    jump that the unit cannot take, or the walk's, among the frames of the units whose centres
+    sound nearest what it joins, at least WALK_CANDIDATES of them (a coarse pass over the
+    units' centres, then the fine one over their frames). Music of no more frames than that is
+    searched whole, as before there was an index."""
+
+    def __init__(self, unit_of, centroids):  # (frames,) int, (units, INDEX_DIMENSIONS)
+        self.unit_of = np.asarray(unit_of)
+        self.centroids = np.asarray(centroids, np.float32)
+        order = np.argsort(self.unit_of, kind="stable")  # each unit's frames, in order
+        ends = np.searchsorted(self.unit_of[order], np.arange(len(self.centroids) + 1))
+        self.members = [order[first:stop] for first, stop in zip(ends[:-1], ends[1:])]
+        self.sizes = np.diff(ends)
+
+    @classmethod
+    def of_music(cls, codes):
+        """The walk's index, which has no network's units: the music's own, clustered."""
+        centroids = music_units(codes, units_for(len(codes)))
+        return cls(unit_labels(codes, centroids), centroids)
+
+    def near(self, code, enough=None):
+        """The frames (ascending) of the units whose centres are nearest `code`, at least
+        `enough` (WALK_CANDIDATES); None where the music has no more: search it all."""
+        enough = WALK_CANDIDATES if enough is None else enough
+        if len(self.unit_of) <= enough:
+            return None
+        order = np.argsort(squared_distances(self.centroids, code), kind="stable")
+        count = int(np.searchsorted(np.cumsum(self.sizes[order]), enough)) + 1
+        return np.sort(np.concatenate([self.members[unit] for unit in order[:count]]))
+
+
+WALK_CANDIDATES = 2400  # frames (10 minutes of music) among which a jump looks for its best
+# join: on longer music, those of the units that sound nearest (MusicIndex)
+LADDER = (("return", "beat"), ("return",), ("beat",), ())  # the rules a jump keeps, the first
+# of these that leaves it any frame: the cycle rule and the beat rule give way, in that order,
+# only where nothing would be left
 SILENCE_BELOW_MUSIC_DB = 30.0  # frames this far below the music's RMS level count as silent
 JOIN_WEIGHT = 0.25  # weight of how unlike the last choice's successor a frame sounds (its join)
 LEVEL_WEIGHT = 1.0  # a jump's cost grows by this times (its frame's level - the music's, / 6 dB)^2
@@ -963,8 +1018,10 @@ class GrainSynthesis:
     the real successor of the last choice; the successor's own cost is scaled by STAY_WEIGHT,
     so the recording goes on while the predictions agree with it (a unit) and jumps where they
     depart, and every other frame's grows with how far its level is from the music's
-    (RealFrames.level_cost), so that a piece neither sinks nor swells. That real frame is fed back in (steer), and its recording is played (push): a
-    successor simply continues it, sample for sample.
+    (RealFrames.level_cost), so that a piece neither sinks nor swells. That real frame is fed
+    back in (steer), and its recording is played (push): a successor simply continues it,
+    sample for sample. A units network and the walk look for a jump's frame through a
+    MusicIndex, so that a step costs the same on hours of music as on minutes.
 
     Where the music has a steady beat (the cache's beats), a jump lands where the beat goes on:
     only to a frame whose place in the beat is within BEAT_PHASE_TOLERANCE of the place the
@@ -975,9 +1032,10 @@ class GrainSynthesis:
     the two have there (crossfade_gains).
     The copy guard: after `copy_limit` seconds played verbatim, the successor and every frame
     within that distance of it in the same file are ruled out for the next choice; the cycle
-    rule (no_return): no jump lands near a frame played in the last few seconds. Frames more
+    rule (returning): no jump lands near a frame played in the last few seconds. Frames more
     than SILENCE_BELOW_MUSIC_DB below the music's level, and the seeds' own recordings, are
-    never chosen.
+    never chosen. The cycle rule and the beat rule give way where nothing would be left
+    (LADDER).
     """
 
     overlap = BLOCK_SIZE
@@ -996,6 +1054,7 @@ class GrainSynthesis:
 
         self.limit = max(1, int(round(copy_limit * FRAMES_PER_SECOND)))  # frames
         self.units = None  # a UnitSteering (NetworkUnits): predictions are chances of units
+        self.index = None  # a MusicIndex: where a jump looks (None: all the music)
         self.previous = np.full(pieces, -1)  # the last choice (-1: none yet)
         self.recent = np.full((pieces, RETURN_FRAMES), -1)  # the last choices, newest last
         self.run = np.zeros(pieces, int)  # frames played verbatim up to the last choice
@@ -1057,68 +1116,144 @@ class GrainSynthesis:
     def choose(self, raw_predictions):  # (pieces, NUM_FEATURES) -> (pieces,) frame indices
         return self.choose_by_codes(self.real.encode(raw_predictions))
 
-    def prediction_cost(self, predicted_codes):  # -> (pieces, num_frames)
-        """How far each real frame sounds from each piece's prediction; nothing without one
-        (None: the walk, see JoinAlone), so that the join alone chooses."""
-        if predicted_codes is None:
-            return np.zeros((len(self.previous), len(self.real.cache.codes)), np.float32)
-        return self.real.distances(predicted_codes)
-
     def choose_by_codes(self, predicted_codes):  # (pieces, dimensions) or None -> (pieces,)
-        successors = self.real.successors(self.previous)
-        cost, phase = self.costs(self.prediction_cost(predicted_codes), successors)
-        return self.settle(cost, successors, phase)
+        """A frame-predicting network's choices: the frame that sounds nearest each prediction
+        and joins best (the whole music searched); None, the walk (see JoinAlone): the
+        successor while the guard allows, else the best join near it."""
+        successors, phase = self.real.successors(self.previous), self.beat_reached()
+        if predicted_codes is None:
+            choices = [self.walk(piece, successor, phase[piece])
+                       for piece, successor in enumerate(successors)]
+        else:
+            every = np.arange(len(self.real.cache.codes))
+            choices = [self.best(piece, successor, phase[piece], every, predicted_codes[piece])
+                       for piece, successor in enumerate(successors)]
+        return self.settle(np.array(choices), successors, phase)
 
     def choose_by_units(self, chances):  # (pieces, units) probabilities -> (pieces,) indices
-        successors = self.real.successors(self.previous)
-        cost, phase = self.costs(self.prediction_cost(None), successors)
-        self.within_a_unit(cost, chances, successors)
-        return self.settle(cost, successors, phase)
+        successors, phase = self.real.successors(self.previous), self.beat_reached()
+        return self.settle(np.array([self.by_unit(piece, successor, chances[piece], phase[piece])
+                                     for piece, successor in enumerate(successors)]),
+                           successors, phase)
 
-    def costs(self, cost, successors):
-        """cost (pieces, num_frames), the prediction's term, plus the join's, the level's, the
-        silence rule, the copy guard and the beat rule (in place); and the beat's phase."""
+    def walk(self, piece, successor, phase):
+        """The successor where the rules allow it (it joins itself: nothing joins better),
+        else the best join among the frames near it (MusicIndex.near)."""
+        if self.allowed(piece, successor):
+            return successor
+        return self.best(piece, successor, phase, self.near(piece, successor))
+
+    def by_unit(self, piece, successor, chances, phase):
+        """A units network's choice (see NetworkUnits): the successor while the network gives
+        its unit at least units.stay_chance; else a unit sampled from `chances` and the frame of
+        it that joins best where the rules leave one, else the walk's best join."""
+        unit_of, rng = self.index.unit_of, self.units.rng
+        if self.allowed(piece, successor) and chances[unit_of[successor]] >= self.units.stay_chance:
+            return successor
+        odds = np.asarray(chances, np.float64)
+        inside = self.index.members[rng.choice(len(odds), p=odds / odds.sum())]
+        choice = self.best(piece, successor, phase, inside, level=LADDER[0])
+        if choice is not None:
+            return choice
+        candidates = self.near(piece, successor)
+        level = self.level(piece, successor, phase, candidates)
+        if level is not None and level != LADDER[0]:  # the rules give way where the music
+            choice = self.best(piece, successor, phase, inside, level=level)  # does not fit them
+        return choice if choice is not None else self.best(piece, successor, phase, candidates,
+                                                           level=level)
+
+    def near(self, piece, successor):
+        """Where a jump looks for its best join: the frames of the units that sound nearest
+        what it joins (MusicIndex.near), or all the music."""
+        joined = successor if successor >= 0 else self.previous[piece]
+        near = None if self.index is None or joined < 0 \
+            else self.index.near(self.real.cache.codes[joined])
+        return np.arange(len(self.real.cache.codes)) if near is None else near
+
+    def cost(self, piece, successor, candidates, code=None):
+        """(len(candidates),) how far each candidate frame sounds from the prediction (`code`;
+        None: no prediction) plus JOIN_WEIGHT times how far from what it joins; the successor's
+        scaled by STAY_WEIGHT, every other frame's by its level_cost."""
         codes = self.real.cache.codes
-        joined = np.where(successors >= 0, successors, self.previous)  # what a choice follows
-        joins = self.real.distances(codes[np.maximum(joined, 0)])
-        cost += JOIN_WEIGHT * np.where((self.previous >= 0)[:, None], joins, 0)
-        staying = np.flatnonzero(successors >= 0)
-        kept = cost[staying, successors[staying]] * STAY_WEIGHT
-        cost *= self.real.level_cost  # a jump to a frame far from the music's level costs more
-        cost[staying, successors[staying]] = kept
-        cost[:, self.real.silent] = np.inf
+        rows = codes[candidates]
+        cost = np.zeros(len(candidates), np.float32) if code is None else squared_distances(
+            rows, code)
+        if self.previous[piece] >= 0:
+            joined = successor if successor >= 0 else self.previous[piece]
+            cost = cost + np.float32(JOIN_WEIGHT) * squared_distances(rows, codes[joined])
+        return np.where(candidates == successor, cost * np.float32(STAY_WEIGHT),
+                        cost * self.real.level_cost[candidates])
+
+    def allowed(self, piece, successor):  # may the recording go on?
+        return successor >= 0 and bool(self.allowed_among(piece, successor, [successor])[0])
+
+    def allowed_among(self, piece, successor, candidates):
+        """(len(candidates),) bool: not silent, not a seed's recording, not within the copy
+        guard's reach of the successor once the piece has played `copy_limit` verbatim."""
+        candidates = np.asarray(candidates)
+        allowed = ~self.real.silent[candidates]
         if self.forbidden is not None:
-            cost[:, self.forbidden] = np.inf
-        for piece, successor in enumerate(successors):
-            if successor >= 0 and self.run[piece] >= self.limit:  # the copy guard
-                cost[piece, self.real.around(successor, self.limit)] = np.inf
-        self.no_return(cost, successors)
-        phase, period = self.beat_reached()
-        self.tempo = np.where(np.isnan(self.tempo), period, self.tempo)
-        self.keep_the_beat(cost, phase, self.tempo, successors)
-        return cost, phase
+            allowed &= ~self.forbidden[candidates]
+        if successor >= 0 and self.run[piece] >= self.limit:  # the copy guard
+            allowed &= ~self.real.within(candidates, [successor], self.limit)
+        return allowed
 
-    def no_return(self, cost, successors):
-        """The cycle rule, in place: a jump never lands within RETURN_REACH frames of a frame
-        played in the last RETURN_FRAMES, so that no piece steps back and forth over a few
-        frames (the copy guard sees only long stretches). Where the music itself repeats, the
-        repeat is other frames, and stays free. A piece with nothing else left keeps its
-        choices."""
-        for piece, successor in enumerate(successors):
-            played = self.recent[piece][self.recent[piece] >= 0]
-            if not len(played):
-                continue
-            ruled = cost[piece].copy()
-            for frame in played:
-                ruled[self.real.around(frame, RETURN_REACH)] = np.inf
-            if successor >= 0:
-                ruled[successor] = cost[piece, successor]  # the recording may go on
-            if np.isfinite(ruled).any():
-                cost[piece] = ruled
+    def returning(self, piece, successor, candidates):
+        """The cycle rule: (len(candidates),) bool, True where a jump would land within
+        RETURN_REACH frames of a frame played in the last RETURN_FRAMES, so that no piece steps
+        back and forth over a few frames (the copy guard sees only long stretches). Where the
+        music itself repeats, the repeat is other frames, and stays free; the recording may
+        always go on."""
+        played = self.recent[piece][self.recent[piece] >= 0]
+        return self.real.within(candidates, played, RETURN_REACH) & (candidates != successor)
 
-    def settle(self, cost, successors, phase):
-        """The cheapest frame for each piece, noted: where it jumped, the beat shift."""
-        choices = np.argmin(cost, axis=1)
+    def on_the_beat(self, piece, successor, candidates, phase):
+        """The beat rule: (len(candidates),) bool, False for a jump that would break a steady
+        beat: frames whose place in the beat differs from the one reached, or whose tempo
+        differs from the piece's (frames of music without a steady beat stay free: the beat
+        stops there, as the music does)."""
+        if not np.isfinite(phase):
+            return np.ones(len(candidates), bool)
+        beats = self.real.cache.beats[candidates]
+        apart = np.abs(np.mod(beats[:, 0] - phase + 0.5, 1.0) - 0.5)
+        fits = (apart <= BEAT_PHASE_TOLERANCE) \
+            & (np.abs(beats[:, 1] / self.tempo[piece] - 1) <= TEMPO_TOLERANCE) \
+            | np.isnan(beats[:, 0])
+        return fits | (candidates == successor)
+
+    def ruled_in(self, piece, successor, phase, candidates):
+        """{level: (len(candidates),) bool} the candidates each LADDER level leaves."""
+        allowed = self.allowed_among(piece, successor, candidates)
+        away = ~self.returning(piece, successor, candidates)
+        beat = self.on_the_beat(piece, successor, candidates, phase)
+        return {("return", "beat"): allowed & away & beat, ("return",): allowed & away,
+                ("beat",): allowed & beat, (): allowed}
+
+    def level(self, piece, successor, phase, candidates):
+        """The first LADDER level that leaves any of the candidates (None: none does)."""
+        left = self.ruled_in(piece, successor, phase, candidates)
+        return next((level for level in LADDER if left[level].any()), None)
+
+    def best(self, piece, successor, phase, candidates, code=None, level=None):
+        """The cheapest of `candidates` (ascending frame indices) that the rules of `level` (a
+        LADDER entry) leave, the successor where it ties; level None: the first level that
+        leaves any, the first candidate where none does. A candidate frame, or None where
+        `level` leaves none."""
+        left = self.ruled_in(piece, successor, phase, candidates)
+        level = level if level is not None else next(
+            (level for level in LADDER if left[level].any()), ())
+        if not left[level].any():
+            return None if level else int(candidates[0])
+        cost = np.where(left[level], self.cost(piece, successor, candidates, code), np.inf)
+        cheapest = np.argmin(cost)
+        here = np.searchsorted(candidates, successor)  # a tie goes to the recording: a frame
+        if here < len(candidates) and candidates[here] == successor \
+                and cost[here] == cost[cheapest]:  # that sounds just as its next (a loop's)
+            return int(successor)  # would only restart the copy guard's count
+        return int(candidates[cheapest])
+
+    def settle(self, choices, successors, phase):
+        """Note each piece's choice: where it jumped, the beat shift."""
         self.recent = np.concatenate([self.recent[:, 1:], choices[:, None]], axis=1)
         jumps = choices != successors
         self.shift = np.where(jumps, self.real.beat_shift(choices, phase), self.shift)
@@ -1127,48 +1262,15 @@ class GrainSynthesis:
         self.chosen.append((choices, self.shift.copy(), jumps))
         return choices
 
-    def within_a_unit(self, cost, chances, successors):
-        """In place (a units network, see NetworkUnits): a piece stays on its recording while
-        the network gives the successor's unit at least units.stay_chance; else it samples a
-        unit from `chances` and lands in it, where the guard and the beat leave a frame of it
-        (else anywhere they allow)."""
-        unit_of, rng = self.units.unit_of, self.units.rng
-        for piece, successor in enumerate(successors):
-            if successor >= 0 and np.isfinite(cost[piece, successor]) \
-                    and chances[piece, unit_of[successor]] >= self.units.stay_chance:
-                cost[piece] = np.where(np.arange(cost.shape[1]) == successor, 0.0, np.inf)
-                continue
-            odds = np.asarray(chances[piece], np.float64)
-            inside = np.where(unit_of == rng.choice(len(odds), p=odds / odds.sum()),
-                              cost[piece], np.inf)
-            if np.isfinite(inside).any():
-                cost[piece] = inside
-
     def beat_reached(self):
-        """(phase, period in s) of the beat where the next block starts, per piece: the last
-        choice's place in its beat a block on, moved as its grain is; nan without a beat."""
+        """The phase of the beat where the next block starts, per piece: the last choice's
+        place in its beat a block on, moved as its grain is; nan without a beat. A piece's
+        tempo is set by its first frame with a beat."""
         known = self.previous >= 0
         beats = self.real.cache.beats[np.maximum(self.previous, 0)]
         period = np.where(known, beats[:, 1], np.nan)
-        phase = np.mod(beats[:, 0] + (BLOCK_SIZE + self.shift) / (SAMPLE_RATE * period), 1.0)
-        return phase, period
-
-    def keep_the_beat(self, cost, phase, period, successors):
-        """Rules out, in place, every jump that would break a steady beat: frames whose place in
-        the beat differs from the one reached, or whose tempo differs from the piece's `period`
-        (frames of music without a steady beat stay free: the beat stops there, as the music
-        does). A piece whose every frame would be ruled out keeps its choices."""
-        beats = self.real.cache.beats
-        for piece in np.flatnonzero(np.isfinite(phase)):
-            apart = np.abs(np.mod(beats[:, 0] - phase[piece] + 0.5, 1.0) - 0.5)
-            fits = (apart <= BEAT_PHASE_TOLERANCE) \
-                & (np.abs(beats[:, 1] / period[piece] - 1) <= TEMPO_TOLERANCE) \
-                | np.isnan(beats[:, 0])  # music without a steady beat loses nothing
-            if successors[piece] >= 0:
-                fits[successors[piece]] = True
-            ruled = np.where(fits, cost[piece], np.inf)
-            if np.isfinite(ruled).any():
-                cost[piece] = ruled
+        self.tempo = np.where(np.isnan(self.tempo), period, self.tempo)
+        return np.mod(beats[:, 0] + (BLOCK_SIZE + self.shift) / (SAMPLE_RATE * period), 1.0)
 
     def push(self, frames):  # the frames are the chosen ones; their recordings are played
         choices, shifts, jumps = self.chosen.popleft()
@@ -4281,9 +4383,9 @@ UNIT_LEAVE_QUANTILE = 0.1  # ... calibrated: the recording is left where its nex
 
 @dataclasses.dataclass
 class UnitSteering:
-    """What GrainSynthesis needs to choose by units: each real frame's unit, and randomness."""
+    """What GrainSynthesis needs to choose by units, besides its MusicIndex: randomness, and
+    the chance below which the recording is left."""
 
-    unit_of: np.ndarray  # (num_frames,) int32: the unit of each frame grains may choose
     rng: np.random.Generator
     stay_chance: float = UNIT_STAY_CHANCE
 
@@ -4299,9 +4401,10 @@ class NetworkUnits(NetworkChoice):
             raise UserError("This model predicts units of your music's own sound, which only "
                             "grains can play: leave out --synthesis spectra.")
         head, step = self.network.head, self.network.predictor(pieces)
-        synthesis.units = UnitSteering(
-            unit_labels(synthesis.real.cache.codes, head.centroids), rng,
-            unit_stay_chance(self.network, cache, plan.temperature))
+        synthesis.index = MusicIndex(unit_labels(synthesis.real.cache.codes, head.centroids),
+                                     head.centroids)
+        synthesis.units = UnitSteering(rng, unit_stay_chance(self.network, cache,
+                                                             plan.temperature))
         return synthesis.steer(lambda frames: unit_chances(step(frames), plan.temperature))
 
 
@@ -4350,6 +4453,8 @@ class JoinAlone:
         self.normalisation = normalisation
 
     def predict_next(self, plan, synthesis, cache, pieces, rng):
+        if len(synthesis.real.cache.codes) > WALK_CANDIDATES:  # where its jumps look
+            synthesis.index = MusicIndex.of_music(synthesis.real.cache.codes)
         return synthesis.steer(lambda frames: None)  # no prediction: the join alone chooses
 
 

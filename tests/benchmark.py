@@ -225,64 +225,103 @@ def held_out_prediction(tool, network, cache, batch_size):
 
 
 def generation_seconds(tool, network, cache, pieces, seconds, repeats, work, kind, way,
-                       postfilter=False):
+                       postfilter=False, walk=False, seed_wavs=None):
     """Wall time of the tool's generation (stateful step, sampled errors, audio made for this
     kind of frame and way of sounding it, WAVs written), after the one-time set-up, as training
     is timed after warm-up:
     the step function's compile, and for magnitude frames the network's errors on held-out
-    windows (compose() computes them once per run). postfilter: with --postfilter (spectra).
-    Returns (median s, compile s, set-up s)."""
+    windows (compose() computes them once per run); for a units network or the walk, its
+    MusicIndex. postfilter: with --postfilter (spectra). walk: --steer join (grains, no
+    network). seed_wavs: a SeedWavs, continued as --seed-wav does (grains: their recordings
+    join the music). Returns (median s, compile s, set-up s)."""
     rng = np.random.default_rng(0)
     length = tool.sequence_length(cache.file_starts, tool.SEQUENCE_SECONDS)  # as compose()'s
     seeds = tool.pick_seeds(cache.frames, cache.file_starts, pieces, rng, length)
+    seeds = cache.normalisation.denormalise(seeds) if seed_wavs is None else seed_wavs.frames
     model, head = network.model, network.head
-    real = tool.RealFrames(cache, cache.normalisation)
+    started = time.perf_counter()
+    music, ranges = (cache, None) if seed_wavs is None else tool.with_seed_music(cache, seed_wavs)
+    real = tool.RealFrames(music, cache.normalisation)
+    setup_seconds = time.perf_counter() - started
     fold = tool.output_fold(tool.make_synthesis(kind, pieces, way, real), head)  # as compose()'s
     step = tool.compile_step(model, fold=fold)
     started = time.perf_counter()
-    tool.make_step_function(model, pieces, step)(seeds)  # traces reading a seed
-    tool.make_step_function(model, pieces, step)(seeds[:, 0])  # traces and compiles a step
+    if not walk:
+        tool.make_step_function(model, pieces, step)(cache.normalisation.normalise(seeds))
+        tool.make_step_function(model, pieces, step)(cache.normalisation.normalise(seeds[:, 0]))
     compile_seconds = time.perf_counter() - started
-    setup_seconds = 0.0
-    errors, music_frames = None, None
+    errors, music_frames, index = None, None, None
     temperature = tool.SAMPLING[kind]["temperature"]
-    if head.name == "units":  # as NetworkUnits.predict_next() does
-        started = time.perf_counter()
-        unit_of = tool.unit_labels(cache.codes, head.centroids)
+    started = time.perf_counter()
+    if walk:  # as JoinAlone.predict_next() does
+        if len(music.codes) > tool.WALK_CANDIDATES:
+            index = tool.MusicIndex.of_music(music.codes)
+    elif head.name == "units":  # as NetworkUnits.predict_next() does
+        index = tool.MusicIndex(tool.unit_labels(music.codes, head.centroids), head.centroids)
         stay_chance = tool.unit_stay_chance(network, cache, temperature)
-        setup_seconds = time.perf_counter() - started
     elif kind == "magnitude" or not head.uses_errors:  # as NetworkChoice.predict_next() does
         with_errors = head.uses_errors
         tool.prediction_errors(model, cache, rng, with_errors=with_errors)  # traces once
         started = time.perf_counter()
         errors, music_frames = tool.prediction_errors(model, cache, rng, with_errors=with_errors)
-        setup_seconds = time.perf_counter() - started
+    setup_seconds += time.perf_counter() - started
 
     def generate():
         paths = [work / f"gen-{index}.wav" for index in range(pieces)]
         for path in paths:
             path.unlink(missing_ok=True)
         predict_next = tool.make_step_function(model, pieces, step)  # fresh states
-        synthesis = tool.make_synthesis(kind, pieces, way, real)
+        synthesis = tool.make_synthesis(kind, pieces, way, real, seed_ranges=ranges)
+        synthesis.index = index
         sharpening = None
         if postfilter:  # as NetworkChoice.predict_next() does with --postfilter
             sharpening = tool.Sharpening(tool.Postfilter.from_music(
                 cache.normalisation.denormalise(music_frames)), cache.normalisation)
             synthesis.sharpen_with(sharpening)
-        if head.name == "units":
-            synthesis.units = tool.UnitSteering(unit_of, rng, stay_chance)
+        if walk:
+            predict_next = lambda frames: None  # noqa: E731
+        elif head.name == "units":
+            synthesis.units = tool.UnitSteering(rng, stay_chance)
             chances = predict_next
             predict_next = lambda frames: tool.unit_chances(chances(frames), temperature)  # noqa: E731
         elif music_frames is not None:
             predict_next = head.sampling(predict_next, tool.folded_errors(errors, fold),
                                          temperature, rng,
                                          sharpening.watch if sharpening else None)
-        raw_seeds = tool.Seeds(cache.normalisation.denormalise(seeds), ["a clip"] * pieces)
+        if seed_wavs is None:
+            raw_seeds = tool.Seeds(seeds, ["a clip"] * pieces)
+        else:
+            raw_seeds = tool.Seeds(seeds, ["a file"] * pieces, seed_wavs.prefixes,
+                                   seed_wavs.endings, (music, ranges))
         synthesis.prime(raw_seeds.frames)
+        if seed_wavs is not None:
+            synthesis.prime_with_audio(seed_wavs.endings)
         predict_next = synthesis.steer(predict_next, music_frames if kind == "magnitude" else None)
         tool.write_pieces(predict_next, raw_seeds, cache.normalisation, synthesis, paths, seconds)
 
     return median_time(generate, repeats), compile_seconds, setup_seconds
+
+
+def index_seconds(tool, cache):
+    """Clustering the music into units of sound and indexing its frames by them, as a new
+    units network's training (music_units) and then its generation (MusicIndex) do."""
+    started = time.perf_counter()
+    centroids = tool.music_units(cache.codes, tool.units_for(len(cache.codes)))
+    clustered = time.perf_counter() - started
+    tool.MusicIndex(tool.unit_labels(cache.codes, centroids), centroids)
+    return clustered, time.perf_counter() - started - clustered
+
+
+def epoch_frames(tool, cache):
+    length = tool.sequence_length(cache.file_starts, tool.SEQUENCE_SECONDS)
+    return len(tool.split_windows(cache.file_starts, length,
+                                  tool.training_stride(length))[0]) * length
+
+
+def seed_files(work, pieces):
+    """A SeedWavs of `pieces` files of music the caches do not hold (another seed)."""
+    folder = write_music(work / "seeds", pieces * 0.5, seconds_per_file=30, seed=7)
+    return folder, sorted(folder.iterdir())
 
 
 def refeed_seconds(tool, model, cache, pieces, seconds):
@@ -416,11 +455,8 @@ def measure(sizes, work):
     tool.use_precision(average.model, "float32")
     results["train_frames_per_s_average"] = figures[precision][0]
     results["train_units_vs_average"] = fps / results["train_frames_per_s_average"]
-    length = tool.sequence_length(cache.file_starts, tool.SEQUENCE_SECONDS)
-    epoch_frames = len(tool.split_windows(cache.file_starts, length,
-                                          tool.training_stride(length))[0]) * length
     results["prep_share_of_epoch"] = (sizes["minutes"] * 60 / results["prep_x_realtime"]) \
-        / (epoch_frames / fps)
+        / (epoch_frames(tool, cache) / fps)
     print(f"training ({precision}): {fps:.1f} frames/s, MFU {mfu:.3f} (its matmul peak "
           f"{gflops:.0f} GFLOP/s); float32 beside it {results['train_frames_per_s_float32']:.1f} "
           f"frames/s, MFU {results['train_mfu_float32']:.3f}: "
@@ -462,22 +498,39 @@ def measure(sizes, work):
           f"{results['gen_x_realtime_spectra_postfilter']:.0f}x with --postfilter, "
           f"{results['gen_x_realtime_plain']:.0f}x with plain frames, no phase to rebuild), "
           f"{results['gen_speedup_vs_refeed']:.1f}x faster than re-feeding", flush=True)
-    # Grains choose by searching every frame of the music at every step: the same generation on
-    # the longest music, side by side with the 10 minutes above (issue 34: at least 0.8 of it).
+    # Hours of music (issue 41): the network's grains, the walk and a continuation on the
+    # longest music, side by side with the same on 10 minutes (at least 0.8 of its speed).
+    walk, _, _ = generation_seconds(tool, network, cache, pieces, seconds, 5, work,
+                                    tool.DEFAULT_FRAMES, "grains", walk=True)
+    seed_folder, seed_paths = seed_files(work, pieces)
+    seed_wavs = tool.read_seed_wavs(seed_paths, tool.DEFAULT_FRAMES)
+    going_on, _, _ = generation_seconds(tool, network, cache, pieces, seconds, 5, work,
+                                        tool.DEFAULT_FRAMES, "grains", seed_wavs=seed_wavs)
+    results["gen_x_realtime_walk"] = pieces * seconds / walk
+    results["gen_x_realtime_continuation"] = pieces * seconds / going_on
     longest = write_music(work / "music-longest", sizes["minutes_longest"])
     cache_longest = tool.prepare_cache(longest, work / "cache-longest")
-    on_longest, _, _ = generation_seconds(tool, network, cache_longest, pieces, seconds, 5, work,
-                                          tool.DEFAULT_FRAMES,
-                                          tool.DEFAULT_SYNTHESIS[tool.DEFAULT_FRAMES])
-    results["gen_x_realtime_longest"] = pieces * seconds / on_longest
-    results["gen_longest_vs_10min"] = results["gen_x_realtime_longest"] / results["gen_x_realtime"]
-    print(f"generation on {sizes['minutes_longest']} min of music: "
-          f"{results['gen_x_realtime_longest']:.0f}x realtime, "
-          f"{results['gen_longest_vs_10min']:.2f} of its speed on {sizes['minutes']} min",
-          flush=True)
+    clustered, indexed = index_seconds(tool, cache_longest)
+    epoch_longest = epoch_frames(tool, cache_longest) / fps
+    results["index_s_longest"] = clustered + indexed
+    results["index_share_of_epoch_longest"] = (clustered + indexed) / epoch_longest
+    print(f"on {sizes['minutes_longest']} min of music: clustering {clustered:.1f} s and "
+          f"indexing {indexed:.2f} s, {100 * results['index_share_of_epoch_longest']:.2f} % of "
+          f"one epoch on it ({epoch_longest / 60:.0f} min at {fps:.0f} frames/s)", flush=True)
+    for name, options, on_10min in (("", {}, stateful), ("_walk", {"walk": True}, walk),
+                                    ("_continuation", {"seed_wavs": seed_wavs}, going_on)):
+        on_longest, _, setup = generation_seconds(
+            tool, network, cache_longest, pieces, seconds, 5, work, tool.DEFAULT_FRAMES,
+            "grains", **options)
+        results[f"gen_x_realtime{name}_longest"] = pieces * seconds / on_longest
+        results[f"gen{name}_longest_vs_10min"] = on_10min / on_longest
+        print(f"generation{name.replace('_', ', ')} on {sizes['minutes_longest']} min of music: "
+              f"{results[f'gen_x_realtime{name}_longest']:.0f}x realtime, "
+              f"{results[f'gen{name}_longest_vs_10min']:.2f} of its speed on {sizes['minutes']} "
+              f"min ({pieces * seconds / on_10min:.0f}x); set-up {setup:.1f} s", flush=True)
     del cache_longest
-    shutil.rmtree(work / "music-longest", ignore_errors=True)
-    shutil.rmtree(work / "cache-longest", ignore_errors=True)
+    for folder in (longest, work / "cache-longest", seed_folder):
+        shutil.rmtree(folder, ignore_errors=True)
     results["grain_peak_rss_mb_10min"] = grain_peak_rss_mb(music10, work)
     results["grain_peak_rss_mb_60min"] = grain_peak_rss_mb(music60, work)
     print(f"grains' peak RSS on {sizes['minutes']} / {sizes['minutes_long']} min of music: "
@@ -502,7 +555,8 @@ TARGETS = {"help_s": ("<", 0.5), "prep_x_realtime": (">=", 400),
            "train_epoch_cost_vs_1s_average": ("<=", 1.5), "train_units_vs_average": (">=", 1.0),
            "gen_x_realtime": (">=", 100), "gen_speedup_vs_refeed": (">=", 10),
            "gen_x_realtime_spectra": (">=", 25), "gen_x_realtime_spectra_postfilter": (">=", 25),
-           "gen_longest_vs_10min": (">=", 0.8)}
+           "gen_longest_vs_10min": (">=", 0.8), "gen_walk_longest_vs_10min": (">=", 0.8),
+           "gen_x_realtime_walk": (">=", 100), "index_share_of_epoch_longest": ("<", 0.05)}
 
 
 def print_table(results, sizes):

@@ -16,7 +16,10 @@ KEYS = ["help_s", "prep_x_realtime", "prep_peak_rss_mb_10min", "prep_peak_rss_mb
         "train_frames_per_s_float32", "train_mfu_float32", "train_mixed_speedup",
         "prep_share_of_epoch", "gen_x_realtime_longest", "gen_longest_vs_10min",
         "train_frames_per_s_average", "train_units_vs_average", "gen_x_realtime_average", "units",
-        "held_out_loss", "bigram_loss", "unigram_loss"]
+        "held_out_loss", "bigram_loss", "unigram_loss", "gen_x_realtime_walk",
+        "gen_x_realtime_continuation", "gen_x_realtime_walk_longest", "gen_walk_longest_vs_10min",
+        "gen_x_realtime_continuation_longest", "gen_continuation_longest_vs_10min",
+        "index_s_longest", "index_share_of_epoch_longest"]
 
 
 def test_benchmark_quick_run_reports_every_key():
