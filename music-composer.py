@@ -1954,6 +1954,8 @@ def minimum_music_message(file_starts):
 def import_keras():
     """TensorFlow is imported only here, so --help and user errors answer at once."""
     if "keras" not in sys.modules:
+        check_keras_backend(os.environ.get("KERAS_BACKEND"))
+        os.environ["KERAS_BACKEND"] = "tensorflow"  # whatever ~/.keras/keras.json says
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with native_stderr_silenced():  # TensorFlow's C++ start-up chatter, not for users
             import keras
@@ -1967,6 +1969,15 @@ def import_keras():
     register_unit_loss(keras)
     register_unit_prior(keras)
     return keras
+
+
+def check_keras_backend(asked):
+    """The network's training step, LSTM and generation step are written for TensorFlow: a run
+    asked to use another Keras backend says so, before anything is imported."""
+    if asked and asked.strip().lower() != "tensorflow":
+        raise UserError(f"KERAS_BACKEND is set to {asked!r}, but music-composer runs on "
+                        f"TensorFlow only for now. Run it with KERAS_BACKEND=tensorflow (or "
+                        f"with KERAS_BACKEND unset).")
 
 
 TEST_REPLICAS = "MUSIC_COMPOSER_TEST_CPU_REPLICAS"  # tests only: split the CPU into N devices
@@ -5264,6 +5275,7 @@ def find_midepoch_checkpoint(config, checkpoint):
 
 def run(config):
     print_settings(config)
+    check_keras_backend(os.environ.get("KERAS_BACKEND"))  # before any music is read
     limit_blas_threads()
     if config.demo:
         write_demo_music(config.dataset_dir)
