@@ -1952,17 +1952,24 @@ def minimum_music_message(file_starts):
 
 
 def import_keras():
-    """TensorFlow is imported only here, so --help and user errors answer at once."""
+    """Keras (and its backend) is imported only here, so --help and user errors answer at
+    once."""
     if "keras" not in sys.modules:
-        check_keras_backend(os.environ.get("KERAS_BACKEND"))
-        os.environ["KERAS_BACKEND"] = "tensorflow"  # whatever ~/.keras/keras.json says
+        backend = check_keras_backend(os.environ.get("KERAS_BACKEND"))
+        os.environ["KERAS_BACKEND"] = backend  # whatever ~/.keras/keras.json says
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        with native_stderr_silenced():  # TensorFlow's C++ start-up chatter, not for users
+        split_jax_cpu_for_tests(backend)
+        with native_stderr_silenced():  # the backends' C++ start-up chatter, not for users
             import keras
-            import tensorflow as tf
 
-            tf.config.list_physical_devices("GPU")  # probes CUDA once, quietly
-            split_cpu_for_tests(tf)
+            if backend == "tensorflow":
+                import tensorflow as tf
+
+                tf.config.list_physical_devices("GPU")  # probes CUDA once, quietly
+                split_cpu_for_tests(tf)
+            elif importlib.util.find_spec("tensorflow") is not None:
+                import tensorflow  # noqa: F401  Keras's saving imports it where installed:
+                # here, quietly, not with its chatter in the middle of training
     import keras
 
     register_fused_adam(keras)
@@ -1971,13 +1978,28 @@ def import_keras():
     return keras
 
 
+KERAS_BACKENDS = {"tensorflow": "requirements.txt", "jax": "requirements-jax.txt",
+                  "torch": "requirements-torch.txt"}  # Keras 3's backends, and what installs each
+
+
+def keras_backend():
+    """The Keras backend this run computes with: KERAS_BACKEND, else TensorFlow (whose fast CPU
+    path, several GPUs and TensorBoard are the tool's own)."""
+    return (os.environ.get("KERAS_BACKEND") or "tensorflow").strip().lower()
+
+
 def check_keras_backend(asked):
-    """The network's training step, LSTM and generation step are written for TensorFlow: a run
-    asked to use another Keras backend says so, before anything is imported."""
-    if asked and asked.strip().lower() != "tensorflow":
-        raise UserError(f"KERAS_BACKEND is set to {asked!r}, but music-composer runs on "
-                        f"TensorFlow only for now. Run it with KERAS_BACKEND=tensorflow (or "
-                        f"with KERAS_BACKEND unset).")
+    """The backend KERAS_BACKEND asks for (tensorflow without it), checked before anything is
+    imported: one the tool runs on, and installed."""
+    backend = (asked or "tensorflow").strip().lower()
+    if backend not in KERAS_BACKENDS:
+        raise UserError(f"KERAS_BACKEND is set to {asked!r}: music-composer runs on "
+                        f"{', '.join(KERAS_BACKENDS)}. Set one of those, or unset it for "
+                        f"TensorFlow.")
+    if importlib.util.find_spec(backend) is None:
+        raise UserError(f"KERAS_BACKEND={backend} asks for {backend}, which is not installed "
+                        f"here. Install it with: pip install -r {KERAS_BACKENDS[backend]}")
+    return backend
 
 
 TEST_REPLICAS = "MUSIC_COMPOSER_TEST_CPU_REPLICAS"  # tests only: split the CPU into N devices
@@ -1994,23 +2016,47 @@ def split_cpu_for_tests(tf):
             cpu, [tf.config.LogicalDeviceConfiguration()] * count)
 
 
+def split_jax_cpu_for_tests(backend):
+    """TEST_REPLICAS under JAX: the CPU as N devices (XLA's flag, set before JAX starts)."""
+    count = int(os.environ.get(TEST_REPLICAS) or 0)
+    if backend == "jax" and count > 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={count}").strip()
+
+
 def replica_devices(gpus_wanted=None):
     """The devices to train on together: every visible GPU (at most `gpus_wanted`) when there
-    are two or more; else [] for the one-device path, unchanged (no strategy object)."""
-    import tensorflow as tf
+    are two or more; else [] for the one-device path, unchanged (no strategy object). Several
+    devices on TensorFlow (MirroredStrategy) and JAX (keras.distribution); PyTorch trains on
+    one."""
+    backend, testing = keras_backend(), int(os.environ.get(TEST_REPLICAS) or 0) > 1
+    if backend == "jax":
+        import jax
 
-    if int(os.environ.get(TEST_REPLICAS) or 0) > 1:
-        return [device.name for device in tf.config.list_logical_devices("CPU")]
-    gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
+        gpus = jax.devices("cpu") if testing else [device for device in jax.devices()
+                                                   if device.platform == "gpu"]
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if testing:
+            return [device.name for device in tf.config.list_logical_devices("CPU")]
+        gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
+    else:
+        return []
     chosen = gpus[: gpus_wanted or len(gpus)]
     return chosen if len(chosen) > 1 else []
 
 
 def training_scope(devices):
     """MirroredStrategy's scope over `devices` (a replica of the model on each, gradients summed
-    across them every step), or no scope at all for one device. The model, its optimizer,
+    across them every step), or on JAX keras.distribution's DataParallel (the same, each step's
+    batch split across them), or no scope at all for one device. The model, its optimizer,
     compile and a checkpoint loaded to resume must all be made inside it."""
     if not devices:
+        return contextlib.nullcontext()
+    if keras_backend() == "jax":
+        keras = import_keras()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
         return contextlib.nullcontext()
     import tensorflow as tf
 
@@ -2024,6 +2070,11 @@ def register_fused_adam(keras):
     network's 56 M weights: about 0.05 s instead of 0.18 s a step on 2 CPU cores, with the
     same arithmetic (a test compares the two). Registered so that checkpoints load."""
     if keras.saving.get_registered_object("music_composer>FusedAdam") is not None:
+        return
+    if keras.backend.backend() != "tensorflow":
+        @keras.saving.register_keras_serializable(package="music_composer", name="FusedAdam")
+        class PlainAdam(keras.optimizers.Adam):
+            """Keras's own Adam, under the name checkpoints give it (any backend reads them)."""
         return
     import tensorflow as tf
 
@@ -2287,7 +2338,10 @@ def multiplies_bfloat16_natively(cpuinfo="/proc/cpuinfo"):
 
 
 def gpu_compute_capability():
-    """The first GPU's CUDA compute capability (major, minor), or None without a GPU."""
+    """The first GPU's CUDA compute capability (major, minor), or None without a GPU (or on
+    a backend other than TensorFlow, which trains in float32: see training_precision)."""
+    if keras_backend() != "tensorflow":
+        return None
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -2304,6 +2358,9 @@ def training_precision(requested="auto", capability=None, native_bfloat16=None):
     float16 has tensor cores on every such card. Anything else trains in float32."""
     if requested != "auto":
         return requested, "asked for with --precision"
+    if keras_backend() != "tensorflow":
+        return "float32", (f"Keras on {keras_backend()}: its LSTM is Keras's own, whose mixed "
+                           f"bfloat16 failed on JAX; --precision asks for another")
     if capability is not None:
         if tuple(capability) >= (7, 0):
             return "float16", (f"this GPU has float16 tensor cores (compute capability "
@@ -2346,7 +2403,9 @@ def use_fastest_lstm_kernel(model, on_gpu, length=WINDOW_FRAMES):
     steps skips the while-loop's bookkeeping (a tenth of a training step with 32 frames), and
     the unrolled steps take their input products all at once (unrolled_lstm_loop); much
     longer sequences would only make a huge graph. Only the way of computing changes, not
-    the arithmetic."""
+    the arithmetic. Other backends keep Keras's own LSTM (cuDNN where the backend has it)."""
+    if keras_backend() != "tensorflow":
+        return model
     for layer in model.layers:
         if layer.name.startswith("lstm_"):
             layer.unroll = not on_gpu and length <= UNROLL_UP_TO
@@ -2454,10 +2513,28 @@ def lstm_gates(cell, z, c):
     return ops.multiply(cell.recurrent_activation(z_o), cell.activation(c)), c
 
 
-def gpu_available():
+def visible_gpus():
+    """The names of the GPUs this run's Keras backend sees."""
+    backend = keras_backend()
+    if backend == "jax":
+        import jax
+
+        return [str(device) for device in jax.devices() if device.platform == "gpu"]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(index) for index in range(torch.cuda.device_count())]
     import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    return [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
+
+
+def gpu_available():
+    return bool(visible_gpus())
+
+
+def as_numpy(tensor):  # a backend's tensor (on any device) as a NumPy array
+    return import_keras().ops.convert_to_numpy(tensor)
 
 
 def model_shape(model):
@@ -2593,8 +2670,9 @@ def save_checkpoint(path, model, metadata, mean, std):
         cleanup.callback(lambda: temporary.unlink(missing_ok=True))
         with adam_alone(model):
             model.save(temporary)
-        with zipfile.ZipFile(temporary, "a") as archive:
-            archive.writestr(CHECKPOINT_METADATA, json.dumps(metadata, indent=1))
+        with zipfile.ZipFile(temporary, "a") as archive:  # which Keras backend wrote it, too
+            archive.writestr(CHECKPOINT_METADATA, json.dumps(
+                {**metadata, "backend": keras_backend()}, indent=1))
             for name, array in [("mean.npy", mean), ("std.npy", std)]:
                 buffer = io.BytesIO()
                 np.save(buffer, array, allow_pickle=False)
@@ -3099,16 +3177,15 @@ def reload_last_checkpoint(model, cache_dir):
 
 
 def describe_device(devices=()):
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
+    gpus, backend = visible_gpus(), keras_backend()
+    how = "MirroredStrategy" if backend == "tensorflow" else "keras.distribution"
     if len(devices) > 1:
-        kind = "GPUs" if gpus else "logical CPU devices (a test)"
-        return (f"{len(devices)} {kind} training together (MirroredStrategy), each on -b windows "
-                f"a step; generation on one")
+        kind = "GPUs" if gpus else "CPU devices (a test)"
+        return (f"{len(devices)} {kind} training together ({how}), each on -b windows a step; "
+                f"generation on one; Keras on {backend}")
     if gpus:
-        return f"GPU ({', '.join(gpu.name for gpu in gpus)}), LSTMs on cuDNN"
-    return f"CPU ({os.cpu_count()} cores; no GPU visible)"
+        return f"GPU ({', '.join(gpus)}), Keras on {backend}"
+    return f"CPU ({os.cpu_count()} cores; no GPU visible), Keras on {backend}"
 
 
 def default_head(config):
@@ -3207,7 +3284,10 @@ def compile_step(model, dtype=None, fold=None):
     fold: (matrix (outputs, k), offset (k,)), an affine map of the outputs that is all the
     caller reads of them (GrainSynthesis.folding): it is folded into the output layer, so the
     step returns (batch, k) and reads a kernel k wide instead of the outputs' width.
+    On a Keras backend other than TensorFlow, a NumpyStep.
     """
+    if keras_backend() != "tensorflow":
+        return NumpyStep(model, fold)
     import tensorflow as tf
 
     dtype = tf.as_dtype(dtype or generation_dtype(gpu_available()))
@@ -3278,14 +3358,73 @@ def compile_step(model, dtype=None, fold=None):
     return step
 
 
+class NumpyStep:
+    """compile_step's step for any Keras backend: the same arithmetic in NumPy, float32, from
+    the model's weights read once (a step reads them all, as TensorFlow's does: it is bound by
+    memory, not by the framework). It runs on the CPU whatever trained the model."""
+
+    def __init__(self, model, fold=None):
+        self.into = model.get_layer("project_in").get_weights()  # kernel, bias
+        self.lstms = [layer.get_weights() for layer in model.layers  # kernel, recurrent, bias
+                      if layer.name.startswith("lstm_")]
+        kernel, bias = model.get_layer("project_out").get_weights()
+        if fold is not None:  # (h W + b) M + m = h (W M) + (b M + m), as compile_step does
+            kernel, bias = kernel @ fold[0], bias @ fold[0] + fold[1]
+        self.out = kernel, bias
+        prior = unit_prior_of(model)
+        self.prior = prior.get_weights() if prior is not None else None  # components, ...
+        self.num_layers, self.units = len(self.lstms), self.lstms[0][1].shape[0]
+
+    def zeros(self, batch_size):
+        zeros = np.zeros((batch_size, self.units), np.float32)
+        return [[zeros, zeros] for _ in range(self.num_layers)]
+
+    def outputs(self, hidden, frames):  # the output layer, plus counting's logits
+        outputs = hidden @ self.out[0] + self.out[1]
+        if self.prior is None:
+            return outputs
+        components, centroids, log_bigram = self.prior
+        codes = frames @ components
+        distances = np.sum(np.square(centroids), axis=-1) - 2 * codes @ centroids.T
+        return outputs + log_bigram[np.argmin(distances, axis=-1)]
+
+    def __call__(self, frames, states):  # (batch, features) -> (outputs, states)
+        return self.read(frames[:, None], states)
+
+    def read(self, frames, states):  # (batch, time, features) -> (last outputs, states)
+        hidden = frames @ self.into[0] + self.into[1]
+        new_states = []
+        for (kernel, recurrent, bias), (h, c) in zip(self.lstms, states):
+            projected, outputs = hidden @ kernel + bias, []
+            for t in range(frames.shape[1]):
+                h, c = numpy_lstm_gates(projected[:, t] + h @ recurrent, c)
+                outputs.append(h)
+            hidden = np.stack(outputs, axis=1)
+            new_states.append([h, c])
+        return self.outputs(h, frames[:, -1]).astype(np.float32), new_states
+
+
+def numpy_lstm_gates(z, c):
+    """lstm_gates in NumPy (tanh and sigmoid, Keras's defaults)."""
+    z_i, z_f, z_c, z_o = np.split(z, 4, axis=-1)
+    c = sigmoid(z_f) * c + sigmoid(z_i) * np.tanh(z_c)
+    return sigmoid(z_o) * np.tanh(c), c
+
+
+def sigmoid(x):
+    return 0.5 * (np.tanh(0.5 * x) + 1)  # 1 / (1 + e^-x), without overflow
+
+
 def make_step_function(model, batch_size, step=None):
     """predict_next(frames) -> the next frames (batch, features), carrying the LSTM states from
     call to call, starting from zero. frames: one frame per piece (batch, features), or a
     whole seed (batch, time, features), read at once. `step` reuses a compiled step (see
     compile_step)."""
+    step = step or compile_step(model)
+    if isinstance(step, NumpyStep):
+        return numpy_step_function(step, batch_size)
     import tensorflow as tf
 
-    step = step or compile_step(model)
     zeros = tf.zeros((batch_size, step.units))
     states = [[zeros, zeros] for _ in range(step.num_layers)]
 
@@ -3294,6 +3433,18 @@ def make_step_function(model, batch_size, step=None):
         frames = tf.convert_to_tensor(frames, tf.float32)
         next_frames, states = (step.read if frames.shape.rank == 3 else step)(frames, states)
         return next_frames.numpy()
+
+    return predict_next
+
+
+def numpy_step_function(step, batch_size):
+    states = step.zeros(batch_size)
+
+    def predict_next(frames):
+        nonlocal states
+        frames = np.asarray(frames, np.float32)
+        next_frames, states = (step.read if frames.ndim == 3 else step)(frames, states)
+        return next_frames
 
     return predict_next
 
@@ -3324,7 +3475,7 @@ def prediction_errors(model, cache, rng, count=256, with_errors=True):
     if not with_errors:
         return None, targets[:, -1]
     # Direct calls rather than model.predict, whose input pipeline can swallow a Ctrl-C.
-    predictions = np.concatenate([np.asarray(model(inputs[start : start + 32], training=False))
+    predictions = np.concatenate([as_numpy(model(inputs[start : start + 32], training=False))
                                   for start in range(0, len(inputs), 32)])
     return (targets[:, -1] - predictions[:, -1]).astype(np.float32), targets[:, -1]
 
@@ -4439,7 +4590,7 @@ def unit_stay_chance(network, cache, temperature, count=128, length=16):
     chosen = np.sort(np.random.default_rng(0).choice(starts, min(count, len(starts)),
                                                      replace=False))
     inputs, _ = gather_windows(cache.frames, chosen, length)
-    logits = np.concatenate([np.asarray(network.model(inputs[start : start + 32],
+    logits = np.concatenate([as_numpy(network.model(inputs[start : start + 32],
                                                       training=False))[:, -1]
                              for start in range(0, len(inputs), 32)])
     truth = unit_labels(cache.codes, network.head.centroids)[chosen + length]
@@ -4782,7 +4933,8 @@ def page_html(config, cache, metadata, pieces, page, excerpt):
     checkpoint = config.cache_dir / (metadata or {}).get("generated_from", CHECKPOINT_NAME)
     prediction = held_out_prediction(metadata) if metadata else None
     model = (f"-n {metadata['hidden_neurons']} -l {metadata['hidden_layers']}, trained for "
-             f"{plural(metadata['epochs_done'], 'epoch')}, from <code>"
+             f"{plural(metadata['epochs_done'], 'epoch')} (Keras on "
+             f"{html.escape(metadata.get('backend', 'tensorflow'))}), from <code>"
              f"{html.escape(str(checkpoint))}</code>" if metadata else "")
     names = ", ".join(cache.file_names[:12]) + (f" and {len(cache.file_names) - 12} more"
                                                  if len(cache.file_names) > 12 else "")

@@ -107,7 +107,7 @@ def test_mirrored_training_through_the_command_line(mc, tmp_path):
               "-g", "1", "--no-plots", "--random-seed", "4"]
     first = run_cli(*common, "-e", "1", "-o", tmp_path / "a", cwd=tmp_path, env=TWO_DEVICES)
     assert first.returncode == 0, first.stderr
-    assert "2 logical CPU devices (a test) training together (MirroredStrategy)" in first.stdout
+    assert "2 CPU devices (a test) training together (MirroredStrategy)" in first.stdout
     assert "batch size 3 on each of 2 devices (6 a step)" in first.stdout
     resumed = run_cli(*common, "-e", "1", "-o", tmp_path / "b", cwd=tmp_path, env=TWO_DEVICES)
     assert resumed.returncode == 0, resumed.stderr
