@@ -2359,8 +2359,9 @@ def training_precision(requested="auto", capability=None, native_bfloat16=None):
     if requested != "auto":
         return requested, "asked for with --precision"
     if keras_backend() != "tensorflow":
-        return "float32", (f"Keras on {keras_backend()}: its LSTM is Keras's own, whose mixed "
-                           f"bfloat16 failed on JAX; --precision asks for another")
+        return "float32", (f"Keras on {keras_backend()} trains in float32 unless --precision "
+                           f"asks: the tool's mixed-precision LSTM is TensorFlow's, and Keras's "
+                           f"own LSTM in mixed bfloat16 failed on a GPU under JAX")
     if capability is not None:
         if tuple(capability) >= (7, 0):
             return "float16", (f"this GPU has float16 tensor cores (compute capability "

@@ -394,6 +394,31 @@ def train_peak_rss_mb(music, work, neurons, layers, batch_size, steps):
     return peak_rss_mb(body)
 
 
+def backend_speeds(music, cache_folder, sizes, rounds=2):
+    """Training frames/s (batch -b) and generation x realtime under each installed Keras
+    backend (tests/backend_speed.py, one process each, since a process holds one backend),
+    in alternating rounds so that the machine's drift falls on all alike: {backend: medians}."""
+    import importlib.util
+
+    backends = [name for name in ("tensorflow", "jax", "torch")
+                if importlib.util.find_spec(name) is not None]
+    measured = {backend: [] for backend in backends}
+    for _ in range(rounds):
+        for backend in backends:
+            done = subprocess.run(
+                [sys.executable, str(HERE / "backend_speed.py"), "--json", "--music", str(music),
+                 "--cache", str(cache_folder), "--neurons", str(sizes["neurons"]),
+                 "--layers", str(sizes["layers"]), "--batches", str(sizes["batch"]),
+                 "--steps", str(sizes["train_steps"]), "--pieces", str(sizes["pieces"]),
+                 "--seconds", str(sizes["seconds"])], capture_output=True, text=True,
+                env={**os.environ, "KERAS_BACKEND": backend}, check=True)
+            measured[backend].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {backend: {key: statistics.median(run[key] for run in runs)
+                      for key in ("train_frames_per_s_batch" + str(sizes["batch"]),
+                                  "gen_x_realtime")}
+            for backend, runs in measured.items()}
+
+
 # -----------------------------------------------------------------------------
 # The run
 
@@ -531,6 +556,16 @@ def measure(sizes, work):
     del cache_longest
     for folder in (longest, work / "cache-longest", seed_folder):
         shutil.rmtree(folder, ignore_errors=True)
+    # Each Keras backend installed, side by side (issue 42).
+    for backend, figures in backend_speeds(music10, work / "cache-10min", sizes).items():
+        results[f"train_frames_per_s_{backend}"] = figures[f"train_frames_per_s_batch{sizes['batch']}"]
+        results[f"gen_x_realtime_{backend}"] = figures["gen_x_realtime"]
+        print(f"Keras on {backend}: training {results[f'train_frames_per_s_{backend}']:.0f} "
+              f"frames/s, generation {results[f'gen_x_realtime_{backend}']:.0f}x realtime",
+              flush=True)
+    if "train_frames_per_s_jax" in results:
+        results["train_jax_vs_tensorflow"] = results["train_frames_per_s_jax"] \
+            / results["train_frames_per_s_tensorflow"]
     results["grain_peak_rss_mb_10min"] = grain_peak_rss_mb(music10, work)
     results["grain_peak_rss_mb_60min"] = grain_peak_rss_mb(music60, work)
     print(f"grains' peak RSS on {sizes['minutes']} / {sizes['minutes_long']} min of music: "
@@ -556,7 +591,8 @@ TARGETS = {"help_s": ("<", 0.5), "prep_x_realtime": (">=", 400),
            "gen_x_realtime": (">=", 100), "gen_speedup_vs_refeed": (">=", 10),
            "gen_x_realtime_spectra": (">=", 25), "gen_x_realtime_spectra_postfilter": (">=", 25),
            "gen_longest_vs_10min": (">=", 0.8), "gen_walk_longest_vs_10min": (">=", 0.8),
-           "gen_x_realtime_walk": (">=", 100), "index_share_of_epoch_longest": ("<", 0.05)}
+           "gen_x_realtime_walk": (">=", 100), "index_share_of_epoch_longest": ("<", 0.05),
+           "train_jax_vs_tensorflow": (">=", 0.5)}
 
 
 def print_table(results, sizes):

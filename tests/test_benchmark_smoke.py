@@ -19,7 +19,9 @@ KEYS = ["help_s", "prep_x_realtime", "prep_peak_rss_mb_10min", "prep_peak_rss_mb
         "held_out_loss", "bigram_loss", "unigram_loss", "gen_x_realtime_walk",
         "gen_x_realtime_continuation", "gen_x_realtime_walk_longest", "gen_walk_longest_vs_10min",
         "gen_x_realtime_continuation_longest", "gen_continuation_longest_vs_10min",
-        "index_s_longest", "index_share_of_epoch_longest"]
+        "index_s_longest", "index_share_of_epoch_longest", "train_frames_per_s_tensorflow",
+        "gen_x_realtime_tensorflow", "train_frames_per_s_jax", "gen_x_realtime_jax",
+        "train_jax_vs_tensorflow"]
 
 
 def test_benchmark_quick_run_reports_every_key():
