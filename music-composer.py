@@ -71,6 +71,9 @@ CACHE_MANIFEST = "cache.json"
 CHECKPOINT_NAME = "model.keras"
 BEST_CHECKPOINT_NAME = "model-best.keras"
 MIDEPOCH_CHECKPOINT_NAME = "model-midepoch.keras"  # the epoch in progress, to resume mid-epoch
+PATIENCE_EPOCHS = 5  # default --patience: training stops once the held-out music has not been
+# predicted better for this many epochs (on the game music the best epoch was the first, and
+# the 19 after it only learnt the training music by heart)
 SAVE_EVERY_MINUTES = 5.0  # default --save-every-minutes: a save of the default network (674 MB
 # with Adam's state) takes 1.4-5 s on the project's 2-core CPU, about 1 % of five minutes
 CHECKPOINT_METADATA = "music_composer.json"  # our entry inside the .keras zip
@@ -123,6 +126,8 @@ class Config:
     demo: bool = False  # write and use the built-in demo piece
     size_from_checkpoint: bool = False  # neither -n nor -l given: a checkpoint's size is used
     save_every_minutes: float = SAVE_EVERY_MINUTES  # mid-epoch checkpoints; 0: at epoch ends only
+    patience: int = PATIENCE_EPOCHS  # stop after this many epochs without a better val_loss; 0:
+    # train every epoch asked for
     postfilter: bool = False  # sharpen predicted spectra before sounding them (spectra only);
     # off by default: clearer pitch, but fewer notes start and a drum beat weakens (README)
     precision: str = "auto"  # of training: a key of PRECISIONS, or auto (training_precision)
@@ -2822,8 +2827,9 @@ class StopOnCtrlC(QuitAtSafePoints):
 
 def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
                              stop=lambda: False, save_every_s=math.inf, resumed=None,
-                             end_epoch=None):
-    """After each epoch: stop on a NaN loss, else save the checkpoint (and the best one).
+                             end_epoch=None, patience=0):
+    """After each epoch: stop on a NaN loss, else save the checkpoint (and the best one), and
+    stop once `patience` epochs (0: never) have gone by without a better val_loss.
     During an epoch: save the weights, the optimizer's state and the position reached every
     save_every_s seconds, and when stop() says Ctrl-C or SIGTERM came, then end training with
     TrainingStopped. batches: the training PyDataset (make_batches); resumed: the position of
@@ -2833,7 +2839,7 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
     folder = Path(cache_dir)
 
     class SaveCheckpoint(keras.callbacks.Callback):
-        diverged = False
+        diverged = stopped_early = False
         earlier = resumed  # where the current epoch was taken up, or None
         epoch, loss = 0, math.nan  # the epoch in progress, and its loss so far
         last_save = time.monotonic()
@@ -2895,6 +2901,18 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
             say(f"{plural(left, 'more epoch')} to go at {duration(seconds)} each: "
                 f"{time_left(left * seconds)}.")
 
+        def out_of_patience(self):
+            """Stops training, and says so, once the best epoch is `patience` behind."""
+            best = min(metadata["history"], key=lambda entry: entry["val_loss"])["epoch"]
+            since = metadata["epochs_done"] - best
+            if not patience or since < patience or metadata["epochs_done"] >= (end_epoch or 0):
+                return False
+            self.stopped_early = self.model.stop_training = True
+            say(f"The held-out music was predicted best after epoch {best}, and no better in "
+                f"the {since} since: training stops here ({BEST_CHECKPOINT_NAME} generates). "
+                f"--patience 0 trains every epoch asked for.")
+            return True
+
         def save_position(self, done):
             path = folder / MIDEPOCH_CHECKPOINT_NAME
             position = {**batches.position(self.epoch, done), "loss": self.loss,
@@ -2929,6 +2947,8 @@ def make_checkpoint_callback(cache_dir, metadata, mean, std, batches=None,
                 note = f" (best so far, also saved as {BEST_CHECKPOINT_NAME})"
             say(f"epoch {metadata['epochs_done']} | loss {loss:.4f} | val_loss {val_loss:.4f}"
                 f" | saved {path}{note}")
+            if self.out_of_patience():
+                return
             self.estimate(taken_up_at)
             if stop():
                 raise TrainingStopped
@@ -2976,7 +2996,8 @@ def train(model, cache, metadata, config, rng, replicas=1):
         callback = make_checkpoint_callback(
             config.cache_dir, metadata, cache.mean, cache.std, training,
             stop=lambda: ctrl_c.requested, resumed=position,
-            save_every_s=60 * config.save_every_minutes or math.inf, end_epoch=end_epoch)
+            save_every_s=60 * config.save_every_minutes or math.inf, end_epoch=end_epoch,
+            patience=config.patience)
         callbacks = [callback, *watching_callbacks(cache, metadata, config)]
         try:
             if position is None:
@@ -2989,7 +3010,7 @@ def train(model, cache, metadata, config, rng, replicas=1):
                 callback.on_epoch_end(metadata["epochs_done"], {
                     "loss": position["loss"], "val_loss": model.evaluate(validation, verbose=0)})
             if position is not None and metadata["epochs_done"] < end_epoch \
-                    and not callback.diverged:
+                    and not (callback.diverged or callback.stopped_early):
                 fit(end_epoch - metadata["epochs_done"])
         except TrainingStopped:
             pass
@@ -5280,6 +5301,11 @@ def training_flags(parser):
                                f"(model-midepoch.keras), so that a run killed or stopped goes on "
                                f"from there; 0: only at the end of each epoch and on Ctrl-C or "
                                f"SIGTERM (default: {SAVE_EVERY_MINUTES:g})")
+    training.add_argument("--patience", type=non_negative_int, metavar="EPOCHS",
+                          help=f"stop training once the held-out music (each file's last tenth) "
+                               f"has not been predicted better for EPOCHS epochs: the best "
+                               f"epoch's checkpoint generates; 0: train every epoch of -e "
+                               f"(default: {PATIENCE_EPOCHS})")
     training.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                           help="arithmetic of training: " + described(PRECISIONS) + " (default: "
                                "auto, mixed where the hardware multiplies 16 bits natively: "
@@ -5388,6 +5414,7 @@ def config_from_args(args, parser):
                   and args.hidden_layer_count is None,
                   save_every_minutes=SAVE_EVERY_MINUTES if args.save_every_minutes is None
                   else args.save_every_minutes, postfilter=args.postfilter,
+                  patience=PATIENCE_EPOCHS if args.patience is None else args.patience,
                   precision=args.precision, steer=args.steer)
 
 

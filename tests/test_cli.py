@@ -1,6 +1,5 @@
 """Flags, their validation, and the first-run messages (none of which may import TensorFlow)."""
 
-import os
 import subprocess
 import sys
 
@@ -181,17 +180,3 @@ def test_dataset_path_that_is_a_file_is_refused(tmp_path):
     assert "is a file, not a folder" in result.stderr
     assert "Traceback" not in result.stderr
 
-
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_another_keras_backend_is_refused_before_any_music_is_read(tmp_path, backend):
-    """KERAS_BACKEND=jax or torch: a message that names it and says what to do, exit 1, no
-    traceback, and nothing made (the frame cache is not built); tensorflow, named, runs on."""
-    env = {**os.environ, "KERAS_BACKEND": backend}
-    refused = run_cli("--demo", "-e", "1", cwd=tmp_path, env=env)
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
-    assert f"KERAS_BACKEND is set to '{backend}'" in refused.stderr
-    assert "KERAS_BACKEND=tensorflow" in refused.stderr
-    assert not (tmp_path / "music-composer-demo" / "train_data").exists()
-    named = run_cli("--demo", "--steer", "join", "-s", "1", "-g", "1", "--no-plots",
-                    cwd=tmp_path, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
-    assert named.returncode == 0, named.stderr

@@ -383,6 +383,29 @@ def test_nan_loss_writes_no_checkpoint(mc, tmp_path):
     assert (tmp_path / mc.BEST_CHECKPOINT_NAME).exists()
 
 
+def test_training_stops_once_the_held_out_loss_has_not_improved_for_patience_epochs(
+        mc, tmp_path, capsys):
+    """--patience 2: the held-out loss best after epoch 2, then worse twice: training stops
+    after epoch 4 and says why; with patience 0, or at the last epoch asked for, it does not."""
+    model = mc.build_model(6, 4, 1)
+    for patience, end_epoch, stopped_after in ((2, 10, 4), (0, 10, None), (2, 4, None)):
+        metadata = {"version": mc.CHECKPOINT_VERSION, "epochs_done": 0, "history": []}
+        callback = mc.make_checkpoint_callback(tmp_path, metadata, np.zeros(6), np.ones(6),
+                                               end_epoch=end_epoch, patience=patience)
+        callback.set_model(model)
+        model.stop_training = False
+        stops = []
+        for epoch, val_loss in enumerate([0.9, 0.8, 0.85, 0.81]):
+            callback.on_epoch_begin(epoch)
+            callback.on_epoch_end(epoch, {"loss": 0.5, "val_loss": val_loss})
+            stops.append(model.stop_training)
+        assert stops == [False] * 3 + [stopped_after == 4]
+        assert callback.stopped_early == (stopped_after is not None)
+    said = capsys.readouterr().out
+    assert said.count("predicted best after epoch 2, and no better in the 2 since") == 1
+    assert "--patience 0" in said
+
+
 def test_a_compiled_step_is_reused_with_fresh_states(mc):
     model = mc.build_model(8, 5, 2)
     step = mc.compile_step(model)
