@@ -900,12 +900,6 @@ class RealFrames:
         shift = apart * beats[:, 1] * SAMPLE_RATE
         return np.where(np.isfinite(shift), shift, 0.0)
 
-    def around(self, index, reach):
-        """The frames within `reach` of frame `index` in its own file, as a slice."""
-        starts = self.cache.file_starts
-        file = np.searchsorted(starts, index, side="right") - 1
-        return slice(max(starts[file], index - reach), min(starts[file + 1], index + reach + 1))
-
     def within(self, candidates, frames, reach):
         """(len(candidates),) bool: True where a candidate lies within `reach` frames of any of
         `frames` in the same file."""
@@ -1236,8 +1230,7 @@ class GrainSynthesis:
 
     def level(self, piece, successor, phase, candidates):
         """The first LADDER level that leaves any of the candidates (None: none does)."""
-        left = self.ruled_in(piece, successor, phase, candidates)
-        return next((level for level in LADDER if left[level].any()), None)
+        return first_level(self.ruled_in(piece, successor, phase, candidates))
 
     def best(self, piece, successor, phase, candidates, code=None, level=None):
         """The cheapest of `candidates` (ascending frame indices) that the rules of `level` (a
@@ -1245,8 +1238,7 @@ class GrainSynthesis:
         leaves any, the first candidate where none does. A candidate frame, or None where
         `level` leaves none."""
         left = self.ruled_in(piece, successor, phase, candidates)
-        level = level if level is not None else next(
-            (level for level in LADDER if left[level].any()), ())
+        level = level if level is not None else first_level(left) or ()
         if not left[level].any():
             return None if level else int(candidates[0])
         cost = np.where(left[level], self.cost(piece, successor, candidates, code), np.inf)
@@ -1304,6 +1296,10 @@ class GrainSynthesis:
         fade_out, fade_in = crossfade_gains(correlation)
         incoming = around[ALIGN_REACH + offset : ALIGN_REACH + offset + BLOCK_SIZE]
         return fade_out * outgoing + fade_in * incoming, start + offset
+
+
+def first_level(left):  # {level: bool per candidate} -> the first of LADDER leaving any
+    return next((level for level in LADDER if left[level].any()), None)
 
 
 class WithNearestFrames:
