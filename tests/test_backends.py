@@ -19,6 +19,8 @@ needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                  reason="PyTorch is not installed (requirements-torch.txt)")
 SMALL = ["-n", "24", "-l", "1", "--no-plots"]
+OTHER_BACKENDS = [pytest.param("jax", marks=needs_jax),
+                  pytest.param("torch", marks=needs_torch)]
 
 
 def on(backend):
@@ -39,23 +41,24 @@ def checkpoint_backend(path):
         return json.loads(archive.read("music_composer.json"))["backend"]
 
 
-@needs_jax
-def test_jax_runs_the_whole_tool_and_a_stop_mid_epoch_ends_as_if_never_stopped(
-        mc, music, tmp_path):
-    """KERAS_BACKEND=jax: two epochs in one go, and the same stopped by SIGTERM in the first
-    epoch (saved at the batch reached, exit 143) and run again: the same losses and weights.
-    The run, the checkpoint and the page say which backend ran; a seed file is continued."""
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_a_backend_runs_the_whole_tool_and_a_stop_mid_epoch_ends_as_if_never_stopped(
+        mc, music, tmp_path, backend):
+    """KERAS_BACKEND=jax (or torch): two epochs in one go, and the same stopped by SIGTERM in
+    the first epoch (saved at the batch reached, exit 143) and run again: the same losses and
+    weights. The run, the checkpoint and the page say which backend ran; a seed file is
+    continued."""
     flags = ["-d", music, *SMALL, "-e", "2", "-g", "1", "-s", "2", "--random-seed", "7"]
     whole = run_cli(*flags, "-t", tmp_path / "whole", "-o", tmp_path / "whole", cwd=tmp_path,
-                    env=on("jax"))
+                    env=on(backend))
     assert whole.returncode == 0, whole.stderr
-    assert "Keras on jax" in whole.stdout and "Traceback" not in whole.stderr
+    assert f"Keras on {backend}" in whole.stdout and "Traceback" not in whole.stderr
     process, seconds, stdout, stderr = stop_in_first_epoch(
-        tmp_path, music, "stopped", signal.SIGTERM, *flags[2:], env=on("jax"))
+        tmp_path, music, "stopped", signal.SIGTERM, *flags[2:], env=on(backend))
     assert process.returncode == 143 and seconds < 10, stderr
     assert "SIGTERM: stopping after this batch, which is saved" in stdout
     resumed = run_cli(*flags, "-t", tmp_path / "stopped", "-o", tmp_path / "stopped",
-                      cwd=tmp_path, env=on("jax"))
+                      cwd=tmp_path, env=on(backend))
     assert resumed.returncode == 0, resumed.stderr
     assert "from batch" in resumed.stdout
     ends = [mc.read_checkpoint_metadata(tmp_path / name / mc.CHECKPOINT_NAME)[0]
@@ -66,24 +69,25 @@ def test_jax_runs_the_whole_tool_and_a_stop_mid_epoch_ends_as_if_never_stopped(
               for name in ("whole", "stopped")]
     for one, other in zip(*(model.weights for model in models)):
         np.testing.assert_allclose(one.numpy(), other.numpy(), atol=1e-5)
-    assert checkpoint_backend(tmp_path / "whole" / mc.CHECKPOINT_NAME) == "jax"
-    assert "Keras on jax" in (tmp_path / "whole.html").read_text()
+    assert checkpoint_backend(tmp_path / "whole" / mc.CHECKPOINT_NAME) == backend
+    assert f"Keras on {backend}" in (tmp_path / "whole.html").read_text()
     assert len(list(tmp_path.glob("whole-*.wav"))) == 1
 
     seed = write_int16(tmp_path / "seed.wav", melody(10.0, seed=99))
     going_on = run_cli("-d", music, *SMALL, "-t", tmp_path / "whole", "-e", "0", "-s", "3",
                        "--seed-wav", seed, "-o", tmp_path / "going-on", cwd=tmp_path,
-                       env=on("jax"))
+                       env=on(backend))
     assert going_on.returncode == 0, going_on.stderr
     assert (tmp_path / "going-on-0.wav").exists()
 
 
-@needs_jax
-def test_one_checkpoint_gives_the_same_pieces_under_tensorflow_and_jax(music, tmp_path):
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_one_checkpoint_gives_the_same_pieces_under_tensorflow_and_another(music, tmp_path,
+                                                                            backend):
     """Trained on one backend, a checkpoint trains on and generates under the other; from one
     checkpoint with one --random-seed both write the same pieces, byte for byte (generation
     is float32 on this CPU under both, and grains play the recordings themselves)."""
-    for trained_on, other in (("jax", "tensorflow"), ("tensorflow", "jax")):
+    for trained_on, other in ((backend, "tensorflow"), ("tensorflow", backend)):
         folder = tmp_path / trained_on
         first = run_cli("-d", music, *SMALL, "-t", folder, "-e", "1", "-g", "1", "-s", "1",
                         "-o", tmp_path / f"{trained_on}-first", cwd=tmp_path, env=on(trained_on))
@@ -113,14 +117,6 @@ def test_several_devices_train_together_on_jax(music, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "2 CPU devices (a test) training together (keras.distribution)" in done.stdout
     assert "batch size 10 on each of 2 devices (20 a step)" in done.stdout
-
-
-@needs_torch
-def test_torch_runs_the_whole_tool(music, tmp_path):
-    done = run_cli("-d", music, *SMALL, "-t", tmp_path / "t", "-e", "2", "-g", "1", "-s", "2",
-                   "-o", tmp_path / "o", cwd=tmp_path, env=on("torch"))
-    assert done.returncode == 0, done.stderr
-    assert "Keras on torch" in done.stdout and (tmp_path / "o-0.wav").exists()
 
 
 def test_a_backend_not_installed_or_unknown_is_named_with_what_to_do(tmp_path):
