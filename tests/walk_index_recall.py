@@ -54,7 +54,9 @@ for copy_limit in (1.0, 4.0):
     for _ in range(steps):
         synthesis.choose_by_codes(None)
 ratios = np.array(ratios)
+per_jump = {way: 1000 * seconds / len(same) for way, seconds in times.items()}
 print(f"jumps {len(same)}: the whole search's best found {np.mean(same):.3f}; join cost over "
-      f"the best's: median {np.median(ratios):.3f}, 90th percentile {np.percentile(ratios, 90):.3f}; "
-      f"frames searched per jump {np.median(near_sizes):.0f} of {len(cache.codes)}; "
-      f"seconds per jump near {times['near'] / len(same) * 1000:.2f} ms, whole {times['whole'] / len(same) * 1000:.2f} ms")
+      f"the best's: median {np.median(ratios):.3f}, 90th percentile "
+      f"{np.percentile(ratios, 90):.3f}; frames searched per jump {np.median(near_sizes):.0f} "
+      f"of {len(cache.codes)}; per jump near {per_jump['near']:.2f} ms, whole "
+      f"{per_jump['whole']:.2f} ms")
