@@ -196,6 +196,29 @@ def held_out_figures(tool, train_folder, run_folder, held_out, frames):
             tool.measure_piece(rebuilt, cache.reference))
 
 
+
+EXCERPTS = 20  # the control's pieces: more than a run's, so that its medians hold still
+
+
+def music_excerpts(tool, train_folder, run_folder, reference, count, seed=1):
+    """The control whose answer is known: `count` random PIECE_SECONDS excerpts of the training
+    music itself (a piece that copied the music without a join), written into the run folder
+    as excerpt-i.wav and measured as a piece is. What any piece made of the music can reach on
+    a figure; and the judge should tell them apart at chance or below."""
+    rng = np.random.default_rng(seed)
+    audios = [tool.read_wav(path)[0] for path in sorted(train_folder.glob("*.wav"))]
+    audios = [audio for audio in audios if len(audio) >= PIECE_SECONDS * RATE] or audios
+    reports = []
+    for number in range(count):
+        audio = audios[rng.integers(len(audios))]
+        start = rng.integers(max(len(audio) - PIECE_SECONDS * RATE, 0) + 1)
+        excerpt = audio[start : start + PIECE_SECONDS * RATE]
+        name = f"excerpt-{number}.wav"
+        write_wav(run_folder / name, excerpt)
+        reports.append({"file": name, **tool.measure_piece(excerpt, reference),
+                        "longest_verbatim_s": len(excerpt) / RATE, "verbatim_2s_share": 1.0})
+    return reports
+
 # -----------------------------------------------------------------------------
 # Can the pieces be told from the music? A classifier on 3-s stretches, and on 10-s ones (where
 # a network that remembers 8 s should beat a walk that remembers nothing)
@@ -548,13 +571,17 @@ def print_frontier(results, guard_labels):
                 f"{100 * figures['verbatim_2s_share']:.0f}%")
 
     print("\nThe frontier: told apart 3 s / 10 s (grouped folds), pulse, pitch clarity, time "
-          "in verbatim stretches >= 2 s; network | walk (--steer join), same seed clips.")
+          "in verbatim stretches >= 2 s; network | walk (--steer join), same seed clips; "
+          "beside: the held-out piece's told apart, the music's pulse and pitch, and the "
+          "control: excerpts of the music itself, measured as pieces.")
     for name, guard, network, walk in frontier_rows(results, guard_labels):
         real = network or walk
+        excerpts = results.get((name, "magnitude", "music excerpts"))
         print(f"{name:<11}guard {guard:>3} s  {cells(network):<30}| {cells(walk):<30}"
               f"held-out {real['held_out_told_apart']:.2f}/"
               f"{real.get('held_out_told_apart_10s', float('nan')):.2f}, music pulse "
-              f"{real['music_pulse']:.2f}, pitch {100 * real['music_pitch_clarity']:.0f}%")
+              f"{real['music_pulse']:.2f}, pitch {100 * real['music_pitch_clarity']:.0f}%, "
+              f"excerpts {cells(excerpts)}")
 
 
 def main():
@@ -656,11 +683,14 @@ def main():
                     else:
                         runs.append((label, *run_tool(train_folder, run_folder, frames, args,
                                                       variant=(stem, flags))))
+            reference = tool.prepare_cache(train_folder, run_folder / "train_data",
+                                           frames).reference
             if args.remeasure:
-                reference = tool.prepare_cache(train_folder, run_folder / "train_data",
-                                               frames).reference
                 runs = [(label, remeasured(tool, reports, run_folder, reference), seconds)
                         for label, reports, seconds in runs]
+            if frames == "magnitude":
+                runs.append(("music excerpts", music_excerpts(
+                    tool, train_folder, run_folder, reference, EXCERPTS), float("nan")))
             real_parts = held_out_parts(tool.read_wav(held_out)[0])
             held_out_told = [round(told_apart(tool, real_parts, train_folder, seconds), 2)
                              for seconds in (STRETCH_SECONDS, LONG_STRETCH_SECONDS)]
