@@ -23,7 +23,9 @@ report the tool writes beside each piece (NAME-i.json). The sets:
   is held out of training.
 
 The held-out piece is measured against the training music exactly as a generated piece is: its
-spectral distance is the target a generated piece should reach. Not part of the CI suite.
+spectral distance is the target a generated piece should reach. Beside every row, the control
+whose answer is known: 20 random 30-s excerpts of the training music itself, measured and
+judged as pieces (what any piece made of the music can reach on each figure). Not part of the CI suite.
 Everything goes into --work (default: quality-runs/, ignored by git); a summary is printed and
 written to WORK/quality.json.
 """
@@ -196,7 +198,6 @@ def held_out_figures(tool, train_folder, run_folder, held_out, frames):
             tool.measure_piece(rebuilt, cache.reference))
 
 
-
 EXCERPTS = 20  # the control's pieces: more than a run's, so that its medians hold still
 
 
@@ -218,6 +219,7 @@ def music_excerpts(tool, train_folder, run_folder, reference, count, seed=1):
         reports.append({"file": name, **tool.measure_piece(excerpt, reference),
                         "longest_verbatim_s": len(excerpt) / RATE, "verbatim_2s_share": 1.0})
     return reports
+
 
 # -----------------------------------------------------------------------------
 # Can the pieces be told from the music? A classifier on 3-s stretches, and on 10-s ones (where
