@@ -23,7 +23,15 @@ def test_quality_benchmark_runs_and_summarises_both_kinds(tmp_path):
     assert set(rows) == {(frames, sampling) for frames in ("magnitude", "plain")
                          for sampling in ("default", "T=0")} | {("magnitude", "walk 1 s"),
                                                                 ("magnitude", "walk 4 s"),
-                                                                ("magnitude", "network 1 s")}
+                                                                ("magnitude", "network 1 s"),
+                                                                ("magnitude", "music excerpts")}
+    # The control: excerpts of the music itself, measured as pieces, nearer the music than a
+    # one-epoch network's pieces and every one of them a verbatim copy.
+    excerpts = rows.pop(("magnitude", "music excerpts"))
+    assert excerpts["pieces"] == 20 and excerpts["verbatim_2s_share"] == 1.0
+    assert excerpts["spectral_distance"] < rows[("magnitude", "default")]["spectral_distance"]
+    assert 0.0 <= excerpts["told_apart"] <= 1.0
+    assert "excerpts " in result.stdout
     # The walk's control is the guard whose copying is nearest the network's.
     walks = [row for key, row in rows.items() if key[1].startswith("walk")]
     matched = [row for row in walks if row.get("matched")]
