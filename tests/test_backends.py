@@ -84,27 +84,26 @@ def test_a_backend_runs_the_whole_tool_and_a_stop_mid_epoch_ends_as_if_never_sto
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_one_checkpoint_gives_the_same_pieces_under_tensorflow_and_another(music, tmp_path,
                                                                             backend):
-    """Trained on one backend, a checkpoint trains on and generates under the other; from one
-    checkpoint with one --random-seed both write the same pieces, byte for byte (generation
-    is float32 on this CPU under both, and grains play the recordings themselves)."""
-    for trained_on, other in ((backend, "tensorflow"), ("tensorflow", backend)):
-        folder = tmp_path / trained_on
-        first = run_cli("-d", music, *SMALL, "-t", folder, "-e", "1", "-g", "1", "-s", "1",
-                        "-o", tmp_path / f"{trained_on}-first", cwd=tmp_path, env=on(trained_on))
-        assert first.returncode == 0, first.stderr
-        on_other = run_cli("-d", music, *SMALL, "-t", folder, "-e", "2", "-g", "1", "-s", "1",
-                           "-o", tmp_path / f"{trained_on}-then", cwd=tmp_path, env=on(other))
-        assert on_other.returncode == 0, on_other.stderr
-        assert "Resuming" in on_other.stdout and "epoch 2 |" in on_other.stdout
-        pieces = []
-        for backend in (trained_on, other):
-            name = tmp_path / f"{trained_on}-by-{backend}"
-            done = run_cli("-d", music, *SMALL, "-t", folder, "-e", "0", "-g", "2", "-s", "6",
-                           "--random-seed", "3", "-o", name, cwd=tmp_path, env=on(backend))
-            assert done.returncode == 0, done.stderr
-            pieces.append([(tmp_path / f"{name.name}-{index}.wav").read_bytes()
-                           for index in range(2)])
-        assert pieces[0] == pieces[1]
+    """A checkpoint trained on one backend trains on under the other, and back: epoch 1 on
+    `backend`, epoch 2 on TensorFlow, epoch 3 on `backend` again. From that checkpoint, with
+    one --random-seed, both write the same pieces, byte for byte (generation is float32 on
+    this CPU under both, and grains play the recordings themselves)."""
+    folder = tmp_path / "train_data"
+    for epoch, on_backend in ((1, backend), (2, "tensorflow"), (3, backend)):
+        run = run_cli("-d", music, *SMALL, "-t", folder, "-e", "1", "-g", "1", "-s", "1",
+                      "-o", tmp_path / f"epoch-{epoch}", cwd=tmp_path, env=on(on_backend))
+        assert run.returncode == 0, run.stderr
+        assert f"Keras on {on_backend}" in run.stdout and f"epoch {epoch} |" in run.stdout
+        assert epoch == 1 or "Resuming" in run.stdout
+        assert checkpoint_backend(folder / "model.keras") == on_backend
+    pieces = []
+    for on_backend in (backend, "tensorflow"):
+        name = tmp_path / f"by-{on_backend}"
+        done = run_cli("-d", music, *SMALL, "-t", folder, "-e", "0", "-g", "2", "-s", "6",
+                       "--random-seed", "3", "-o", name, cwd=tmp_path, env=on(on_backend))
+        assert done.returncode == 0, done.stderr
+        pieces.append([(tmp_path / f"{name.name}-{index}.wav").read_bytes() for index in range(2)])
+    assert pieces[0] == pieces[1]
 
 
 @needs_jax
