@@ -557,7 +557,8 @@ def measure(sizes, work):
     for folder in (longest, work / "cache-longest", seed_folder):
         shutil.rmtree(folder, ignore_errors=True)
     # Each Keras backend installed, side by side (issue 42).
-    for backend, figures in backend_speeds(music10, work / "cache-10min", sizes).items():
+    for backend, figures in backend_speeds(music10, work / "cache-10min", sizes,
+                                           sizes["backend_rounds"]).items():
         results[f"train_frames_per_s_{backend}"] = figures[f"train_frames_per_s_batch{sizes['batch']}"]
         results[f"gen_x_realtime_{backend}"] = figures["gen_x_realtime"]
         print(f"Keras on {backend}: training {results[f'train_frames_per_s_{backend}']:.0f} "
@@ -581,9 +582,10 @@ def measure(sizes, work):
 
 DEFAULT_SIZES = {"minutes": 10, "minutes_long": 60, "minutes_longest": 240, "neurons": 1024, "layers": 4, "batch": 10,
                  "train_blocks": 7, "train_steps": 12, "rss_steps": 30, "pieces": 10,
-                 "seconds": 10}
+                 "seconds": 10, "backend_rounds": 2}
 QUICK_SIZES = {"minutes": 2, "minutes_long": 6, "minutes_longest": 12, "neurons": 64, "layers": 2, "batch": 10,
-               "train_blocks": 2, "train_steps": 3, "rss_steps": 3, "pieces": 4, "seconds": 2}
+               "train_blocks": 2, "train_steps": 3, "rss_steps": 3, "pieces": 4, "seconds": 2,
+               "backend_rounds": 1}
 TARGETS = {"help_s": ("<", 0.5), "prep_x_realtime": (">=", 400),
            "prep_peak_rss_mb_60min": ("<=", 500), "train_mfu_float32": (">=", 0.40),
            "train_mixed_speedup": (">=", 1.6), "prep_share_of_epoch": ("<=", 0.05),
