@@ -927,11 +927,10 @@ def squared_distances(rows, code):  # (n, dimensions), (dimensions,) -> (n,) flo
 
 class MusicIndex:
     """The music's frames by unit of sound, so that a step of choosing costs the same on hours
-    of music as on minutes: a units network's jump looks only inside the unit it drew, and a
-    jump that the unit cannot take, or the walk's, among the frames of the units whose centres
-    sound nearest what it joins, at least WALK_CANDIDATES of them (a coarse pass over the
-    units' centres, then the fine one over their frames). Music of no more frames than that is
-    searched whole, as before there was an index."""
+    of music as on minutes: a jump, the walk's or a units network's, looks among the frames of
+    the units whose centres sound nearest what it joins, at least WALK_CANDIDATES of them (a
+    coarse pass over the units' centres, then the fine one over their frames). Music of no
+    more frames than that is searched whole, as before there was an index."""
 
     def __init__(self, unit_of, centroids):  # (frames,) int, (units, INDEX_DIMENSIONS)
         self.unit_of = np.asarray(unit_of)
@@ -958,6 +957,9 @@ class MusicIndex:
         return np.sort(np.concatenate([self.members[unit] for unit in order[:count]]))
 
 
+JOIN_SLACK = 3.0  # a units network's jump draws its unit among those holding a frame that
+# joins within this many times the best join's cost: the network chooses what comes, among
+# the sounds that can follow (a unit drawn from all the music joined 2 to 3 times as far)
 WALK_CANDIDATES = 2400  # frames (10 minutes of music) among which a jump looks for its best
 # join: on longer music, those of the units that sound nearest (MusicIndex)
 LADDER = (("return", "beat"), ("return",), ("beat",), ())  # the rules a jump keeps, the first
@@ -1143,23 +1145,25 @@ class GrainSynthesis:
         return self.best(piece, successor, phase, self.near(piece, successor))
 
     def by_unit(self, piece, successor, chances, phase):
-        """A units network's choice (see NetworkUnits): the successor while the network gives
-        its unit at least units.stay_chance; else a unit sampled from `chances` and the frame of
-        it that joins best where the rules leave one, else the walk's best join."""
+        """A units network's choice (see NetworkUnits): the successor while the rules allow it,
+        as the walk's; where they end the recording (the copy guard), a unit sampled from
+        `chances` among the units that join well (joinable_units), and the frame of it that
+        joins best."""
         unit_of, rng = self.index.unit_of, self.units.rng
-        if self.allowed(piece, successor) and chances[unit_of[successor]] >= self.units.stay_chance:
+        if self.allowed(piece, successor):
             return successor
-        odds = np.asarray(chances, np.float64)
-        inside = self.index.members[rng.choice(len(odds), p=odds / odds.sum())]
-        choice = self.best(piece, successor, phase, inside, level=LADDER[0])
-        if choice is not None:
-            return choice
         candidates = self.near(piece, successor)
-        level = self.level(piece, successor, phase, candidates)
-        if level is not None and level != LADDER[0]:  # the rules give way where the music
-            choice = self.best(piece, successor, phase, inside, level=level)  # does not fit them
-        return choice if choice is not None else self.best(piece, successor, phase, candidates,
-                                                           level=level)
+        left = self.ruled_in(piece, successor, phase, candidates)
+        level = first_level(left)
+        if level is None:  # nothing the rules leave: the walk's answer for that
+            return self.best(piece, successor, phase, candidates)
+        cost = np.where(left[level], self.cost(piece, successor, candidates), np.inf)
+        units = unit_of[candidates]
+        good = joinable_units(cost, units, len(chances))
+        odds = np.where(good, np.asarray(chances, np.float64), 0.0)
+        odds = odds if odds.sum() > 0 else good.astype(np.float64)
+        unit = rng.choice(len(odds), p=odds / odds.sum())
+        return self.best(piece, successor, phase, candidates[units == unit], level=level)
 
     def near(self, piece, successor):
         """Where a jump looks for its best join: the frames of the units that sound nearest
@@ -1300,6 +1304,14 @@ class GrainSynthesis:
 
 def first_level(left):  # {level: bool per candidate} -> the first of LADDER leaving any
     return next((level for level in LADDER if left[level].any()), None)
+
+
+def joinable_units(cost, units, count):
+    """(count,) bool: the units that hold a candidate joining within JOIN_SLACK times the best
+    join's cost (cost: per candidate, inf where ruled out; units: each candidate's unit)."""
+    best = np.full(count, np.inf)
+    np.minimum.at(best, units, cost)
+    return best <= JOIN_SLACK * float(np.min(cost)) + 1e-6
 
 
 class WithNearestFrames:
@@ -4555,26 +4567,18 @@ class NetworkChoice:
         return synthesis.steer(predict_next, music_frames)
 
 
-UNIT_STAY_CHANCE = 0.05  # a units network keeps the recording while it gives the recording's
-# next unit at least this chance, unless calibrated on the music (unit_stay_chance)
-UNIT_LEAVE_QUANTILE = 0.1  # ... calibrated: the recording is left where its next unit is less
-# likely than the real next unit is in this share of held-out music's steps
-
-
 @dataclasses.dataclass
 class UnitSteering:
-    """What GrainSynthesis needs to choose by units, besides its MusicIndex: randomness, and
-    the chance below which the recording is left."""
+    """What GrainSynthesis needs to choose by units, besides its MusicIndex: randomness."""
 
     rng: np.random.Generator
-    stay_chance: float = UNIT_STAY_CHANCE
 
 
 class NetworkUnits(NetworkChoice):
     """A units network (--head units): it gives each unit of the music's sound a chance of
-    coming next; grains keep the recording while its next unit stays likely, and where it does
-    not, sample a unit (softmax at the temperature; 0: the likeliest) and play the frame of it
-    that joins best on the beat. Grains only."""
+    coming next; grains keep the recording until the copy guard ends it, then sample a unit
+    (softmax at the temperature; 0: the likeliest) among those that can follow there
+    (joinable_units) and play the frame of it that joins best on the beat. Grains only."""
 
     def predict_next(self, plan, synthesis, cache, pieces, rng):
         if plan.synthesis != "grains":
@@ -4583,8 +4587,7 @@ class NetworkUnits(NetworkChoice):
         head, step = self.network.head, self.network.predictor(pieces)
         synthesis.index = MusicIndex(unit_labels(synthesis.real.cache.codes, head.centroids),
                                      head.centroids)
-        synthesis.units = UnitSteering(rng, unit_stay_chance(self.network, cache,
-                                                             plan.temperature))
+        synthesis.units = UnitSteering(rng)
         return synthesis.steer(lambda frames: unit_chances(step(frames), plan.temperature))
 
 
@@ -4595,25 +4598,6 @@ def unit_chances(logits, temperature):  # (..., units) -> the same, softmax at t
     scaled = logits / temperature
     odds = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
     return odds / odds.sum(axis=-1, keepdims=True)
-
-
-def unit_stay_chance(network, cache, temperature, count=128, length=16):
-    """The chance below which a units network's piece leaves its recording: the
-    UNIT_LEAVE_QUANTILE quantile of the chance the network gives the real next unit on held-out
-    music (up to `count` validation windows of `length` frames), so that it leaves where the
-    recording surprises it more than music does that often. UNIT_STAY_CHANCE without any."""
-    _, starts = split_windows(cache.file_starts, length)
-    if len(starts) == 0:
-        return UNIT_STAY_CHANCE
-    chosen = np.sort(np.random.default_rng(0).choice(starts, min(count, len(starts)),
-                                                     replace=False))
-    inputs, _ = gather_windows(cache.frames, chosen, length)
-    logits = np.concatenate([as_numpy(network.model(inputs[start : start + 32],
-                                                      training=False))[:, -1]
-                             for start in range(0, len(inputs), 32)])
-    truth = unit_labels(cache.codes, network.head.centroids)[chosen + length]
-    chances = unit_chances(logits, temperature)[np.arange(len(chosen)), truth]
-    return float(np.quantile(chances, UNIT_LEAVE_QUANTILE))
 
 
 def network_choice(network):

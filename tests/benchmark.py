@@ -258,7 +258,6 @@ def generation_seconds(tool, network, cache, pieces, seconds, repeats, work, kin
             index = tool.MusicIndex.of_music(music.codes)
     elif head.name == "units":  # as NetworkUnits.predict_next() does
         index = tool.MusicIndex(tool.unit_labels(music.codes, head.centroids), head.centroids)
-        stay_chance = tool.unit_stay_chance(network, cache, temperature)
     elif kind == "magnitude" or not head.uses_errors:  # as NetworkChoice.predict_next() does
         with_errors = head.uses_errors
         tool.prediction_errors(model, cache, rng, with_errors=with_errors)  # traces once
@@ -281,7 +280,7 @@ def generation_seconds(tool, network, cache, pieces, seconds, repeats, work, kin
         if walk:
             predict_next = lambda frames: None  # noqa: E731
         elif head.name == "units":
-            synthesis.units = tool.UnitSteering(rng, stay_chance)
+            synthesis.units = tool.UnitSteering(rng)
             chances = predict_next
             predict_next = lambda frames: tool.unit_chances(chances(frames), temperature)  # noqa: E731
         elif music_frames is not None:

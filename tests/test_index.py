@@ -106,17 +106,23 @@ def whole_search(mc):
                     cost[piece] = ruled
 
         def within_a_unit(self, cost, chances, successors):
+            """The recording goes on while allowed; else a unit drawn among those holding a
+            frame within JOIN_SLACK of the best join's cost (every frame scored)."""
             unit_of, rng = self.index.unit_of, self.units.rng
             for piece, successor in enumerate(successors):
                 if successor >= 0 and np.isfinite(cost[piece, successor]) \
-                        and chances[piece, unit_of[successor]] >= self.units.stay_chance:
+                        and self.allowed(piece, successor):
                     cost[piece] = np.where(np.arange(cost.shape[1]) == successor, 0.0, np.inf)
                     continue
-                odds = np.asarray(chances[piece], np.float64)
-                inside = np.where(unit_of == rng.choice(len(odds), p=odds / odds.sum()),
-                                  cost[piece], np.inf)
-                if np.isfinite(inside).any():
-                    cost[piece] = inside
+                if not np.isfinite(cost[piece]).any():
+                    continue
+                best = np.array([np.min(cost[piece][unit_of == unit], initial=np.inf)
+                                 for unit in range(chances.shape[1])])
+                good = best <= mc.JOIN_SLACK * np.min(cost[piece]) + 1e-6
+                odds = np.where(good, np.asarray(chances[piece], np.float64), 0.0)
+                odds = odds if odds.sum() > 0 else good.astype(np.float64)
+                drawn = rng.choice(len(odds), p=odds / odds.sum())
+                cost[piece] = np.where(unit_of == drawn, cost[piece], np.inf)
 
     return WholeSearch
 
@@ -143,7 +149,7 @@ def run_choices(mc, cache, kind, way, steps=60, pieces=3, copy_limit=1.0, units=
     synthesis = kind(real, pieces, copy_limit)
     centroids = mc.music_units(cache.codes, units)
     synthesis.index = mc.MusicIndex(mc.unit_labels(cache.codes, centroids), centroids)
-    synthesis.units = mc.UnitSteering(np.random.default_rng(1), 0.05) if way == "units" else None
+    synthesis.units = mc.UnitSteering(np.random.default_rng(1)) if way == "units" else None
     starts = np.array([3, int(cache.file_starts[1]) + 2, int(cache.file_starts[2]) + 4])[:pieces]
     synthesis.prime(cache.normalisation.denormalise(np.asarray(cache.frames)[starts][:, None]))
     wanted = np.random.default_rng(2)

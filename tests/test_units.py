@@ -136,16 +136,18 @@ def cache(mc, tmp_path_factory):
 
 def unit_choices(mc, cache, chances_of, frames=24, copy_limit=2.0, start=3):
     """The frames chosen for one piece when the network gives these chances of the units
-    (chances_of(unit_of) -> (units,)); and each frame's unit."""
+    (chances_of(unit_of) -> (units,); None: the walk, no network); and each frame's unit."""
     real = mc.RealFrames(cache, cache.normalisation)
     synthesis = mc.make_synthesis("magnitude", 1, "grains", real, copy_limit)
     centroids = mc.music_units(cache.codes, 8)
     unit_of = mc.unit_labels(cache.codes, centroids)
     synthesis.index = mc.MusicIndex(unit_of, centroids)
-    synthesis.units = mc.UnitSteering(np.random.default_rng(0))
+    if chances_of is not None:
+        synthesis.units = mc.UnitSteering(np.random.default_rng(0))
     seed = np.asarray(cache.frames[None, start : start + mc.WINDOW_FRAMES])
     synthesis.prime(cache.normalisation.denormalise(seed))
-    steered = synthesis.steer(lambda frames: chances_of(unit_of, len(centroids))[None])
+    steered = synthesis.steer(lambda frames: None if chances_of is None
+                              else chances_of(unit_of, len(centroids))[None])
     frame, chosen = steered(seed), []
     for _ in range(frames):
         chosen.append(int(synthesis.chosen.popleft()[0][0]))
@@ -153,25 +155,39 @@ def unit_choices(mc, cache, chances_of, frames=24, copy_limit=2.0, start=3):
     return chosen, unit_of
 
 
-def test_grains_keep_the_recording_while_its_unit_is_likely_and_land_in_the_unit_drawn(mc, cache):
-    """Every unit likely: the recording goes on to the copy guard. All the chance on one unit
-    that the recording is not in: the piece leaves at once and every jump lands in that unit."""
+def test_grains_keep_the_recording_to_the_guard_and_draw_among_units_that_can_follow(
+        mc, cache, monkeypatch):
+    """Whatever the network's chances, the recording goes on to the copy guard. Where the guard
+    ends it, the unit is drawn among those that can follow: with no bound on the join
+    (JOIN_SLACK infinite) every jump lands in the one unit given all the chance, though the
+    recording is not in it; with JOIN_SLACK 1 only units holding the best join can follow, and
+    the piece is the walk's, frame for frame."""
     everywhere, unit_of = unit_choices(mc, cache, lambda unit_of, count: np.full(count, 1 / count))
     runs = mc.verbatim_stretches(everywhere, cache.file_starts)
-    assert len(runs) >= 3 and all(run == 8 for run in runs[:-1])  # 2 s each, to the guard
+    ends = np.cumsum(runs)[:-1] - 1  # where each run but the last stopped
+    last_frames = set(cache.file_starts[1:] - 1)  # a file's end stops a run too
+    assert len(runs) >= 3 and all(run == 8 or everywhere[end] in last_frames
+                                  for run, end in zip(runs[:-1], ends))  # 2 s, to the guard
+    assert sum(run == 8 for run in runs[:-1]) >= 2
     target = int(unit_of[len(cache.frames) - 3])  # the held chord's unit
     assert unit_of[3] != target
 
     def one_unit(unit_of, count):
-        chances = np.zeros(count)
+        chances = np.full(count, 1e-9)
         chances[target] = 1.0
-        return chances
+        return chances / chances.sum()
 
+    monkeypatch.setattr(mc, "JOIN_SLACK", np.inf)
     there, _ = unit_choices(mc, cache, one_unit)
+    assert mc.verbatim_stretches(there, cache.file_starts)[0] == 8  # on to the guard
     jumps = [after for before, after in zip([3 + mc.WINDOW_FRAMES - 1] + there, there)
              if after != before + 1]
-    assert there[0] != 3 + mc.WINDOW_FRAMES  # the recording is left at the first block
-    assert jumps and all(unit_of[frame] == target for frame in jumps)
+    assert len(jumps) >= 2 and all(unit_of[frame] == target for frame in jumps)
+
+    monkeypatch.setattr(mc, "JOIN_SLACK", 1.0)
+    joined, _ = unit_choices(mc, cache, one_unit)
+    walked, _ = unit_choices(mc, cache, None)
+    assert joined == walked and any(unit_of[frame] != target for frame in joined)
 
 
 def test_a_units_model_through_the_command_line(mc, tmp_path):
