@@ -1162,8 +1162,9 @@ class GrainSynthesis:
         good = joinable_units(cost, units, len(chances))
         odds = np.where(good, np.asarray(chances, np.float64), 0.0)
         odds = odds if odds.sum() > 0 else good.astype(np.float64)
-        unit = rng.choice(len(odds), p=odds / odds.sum())
-        return self.best(piece, successor, phase, candidates[units == unit], level=level)
+        inside = np.flatnonzero(units == rng.choice(len(odds), p=odds / odds.sum()))
+        return int(candidates[inside[np.argmin(cost[inside])]])  # the best join in that unit
+        # (no tie to give to the recording: its successor is not allowed here)
 
     def near(self, piece, successor):
         """Where a jump looks for its best join: the frames of the units that sound nearest

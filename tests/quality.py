@@ -179,11 +179,10 @@ def remeasured(tool, reports, run_folder, reference):
     return fresh
 
 
-def held_out_figures(tool, train_folder, run_folder, held_out, frames):
+def held_out_figures(tool, cache, held_out, frames):
     """The held-out piece (its first 30 s) measured against the training music's figures,
     which the tool keeps in its cache; and the same piece turned into frames of this kind and
     back, as generation does: what a network that predicted every frame perfectly would reach."""
-    cache = tool.prepare_cache(train_folder, run_folder / "train_data", frames)
     audio, _ = tool.read_wav(held_out)
     audio = audio[: PIECE_SECONDS * RATE]
     synthesis = tool.make_synthesis(frames, 1)
@@ -649,7 +648,8 @@ def main():
             else:
                 reports, seconds = run_tool(train_folder, run_folder, frames, args)
                 (run_folder / "run.json").write_text(json.dumps({"seconds": seconds}))
-            held_out_pair = held_out_figures(tool, train_folder, run_folder, held_out, frames)
+            cache = tool.prepare_cache(train_folder, run_folder / "train_data", frames)
+            held_out_pair = held_out_figures(tool, cache, held_out, frames)
             prediction = held_out_prediction(tool, run_folder)
             if prediction:
                 predictions[(name, frames)] = prediction
@@ -685,8 +685,7 @@ def main():
                     else:
                         runs.append((label, *run_tool(train_folder, run_folder, frames, args,
                                                       variant=(stem, flags))))
-            reference = tool.prepare_cache(train_folder, run_folder / "train_data",
-                                           frames).reference
+            reference = cache.reference
             if args.remeasure:
                 runs = [(label, remeasured(tool, reports, run_folder, reference), seconds)
                         for label, reports, seconds in runs]
