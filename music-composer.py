@@ -968,6 +968,8 @@ LADDER = (("return", "beat"), ("return",), ("beat",), ())  # the rules a jump ke
 SILENCE_BELOW_MUSIC_DB = 30.0  # frames this far below the music's RMS level count as silent
 JOIN_WEIGHT = 0.25  # weight of how unlike the last choice's successor a frame sounds (its join)
 LEVEL_WEIGHT = 1.0  # a jump's cost grows by this times (its frame's level - the music's, / 6 dB)^2
+KEY_WEIGHT = 50.0  # a continuation's jump costs up to 1 + this times more the less the key
+# around its frame is its seed's (key_cost): a continuation keeps to the key it continues
 STAY_WEIGHT = 0.6  # the successor's cost is scaled by this: units of several frames, not frames
 BEAT_PHASE_TOLERANCE = 0.08  # of a beat: how far from the beat's place a jump may land (before
 # its grain is moved onto it)
@@ -1036,7 +1038,7 @@ class GrainSynthesis:
     rule (returning): no jump lands near a frame played in the last few seconds. Frames more
     than SILENCE_BELOW_MUSIC_DB below the music's level, and the seeds' own recordings, are
     never chosen. The cycle rule and the beat rule give way where nothing would be left
-    (LADDER).
+    (LADDER). A continuation's jumps keep to its seed's key (key_cost).
     """
 
     overlap = BLOCK_SIZE
@@ -1055,6 +1057,8 @@ class GrainSynthesis:
 
         self.limit = max(1, int(round(copy_limit * FRAMES_PER_SECOND)))  # frames
         self.units = None  # a UnitSteering (NetworkUnits): predictions are chances of units
+        self.key = None  # (pieces, 12): a continuation's seed's key (set by prime; see key_cost)
+        self.keys = None  # (num_frames, 12): the music's key around each frame (local_keys)
         self.index = None  # a MusicIndex: where a jump looks (None: all the music)
         self.previous = np.full(pieces, -1)  # the last choice (-1: none yet)
         self.recent = np.full((pieces, RETURN_FRAMES), -1)  # the last choices, newest last
@@ -1074,6 +1078,8 @@ class GrainSynthesis:
         """Seeds (pieces, seed_frames, features), raw: the music goes on from the real frame
         nearest the seed's last (the very frame, for a clip of the training music)."""
         self.previous = self.real.nearest(frames[:, -1])
+        if self.seed_ranges:  # a continuation (--seed-wav): it keeps to its seed's key
+            self.key = seed_keys(frames, self.real.cache.kind)
         self.recent[:, -1] = self.previous
         self.sounding = self.previous.copy()
         self.position = self.real.window_starts(self.previous)
@@ -1177,7 +1183,7 @@ class GrainSynthesis:
     def cost(self, piece, successor, candidates, code=None):
         """(len(candidates),) how far each candidate frame sounds from the prediction (`code`;
         None: no prediction) plus JOIN_WEIGHT times how far from what it joins; the successor's
-        scaled by STAY_WEIGHT, every other frame's by its level_cost."""
+        scaled by STAY_WEIGHT, every other frame's by its level_cost and its key_cost."""
         codes = self.real.cache.codes
         rows = codes[candidates]
         cost = np.zeros(len(candidates), np.float32) if code is None else squared_distances(
@@ -1186,7 +1192,20 @@ class GrainSynthesis:
             joined = successor if successor >= 0 else self.previous[piece]
             cost = cost + np.float32(JOIN_WEIGHT) * squared_distances(rows, codes[joined])
         return np.where(candidates == successor, cost * np.float32(STAY_WEIGHT),
-                        cost * self.real.level_cost[candidates])
+                        cost * self.real.level_cost[candidates] * self.key_cost(piece, candidates))
+
+    def key_cost(self, piece, candidates):
+        """(len(candidates),) what a continuation's jump to each frame costs for its key: 1 where
+        the key around the frame (local_keys) is its seed's, up to 1 + KEY_WEIGHT where it leans
+        the other way (half that where it has no lean), so that a continuation stays in the key
+        of the music it continues where the rules leave it a frame in it. 1 for a piece that is
+        not a continuation."""
+        if self.key is None:
+            return np.float32(1.0)
+        if self.keys is None:
+            self.keys = local_keys(self.real.cache.chroma, self.real.cache.file_starts)
+        alike = self.keys[candidates] @ self.key[piece]
+        return np.float32(1.0) + np.float32(KEY_WEIGHT / 2) * (np.float32(1.0) - alike)
 
     def allowed(self, piece, successor):  # may the recording go on?
         return successor >= 0 and bool(self.allowed_among(piece, successor, [successor])[0])
@@ -1301,6 +1320,38 @@ class GrainSynthesis:
         fade_out, fade_in = crossfade_gains(correlation)
         incoming = around[ALIGN_REACH + offset : ALIGN_REACH + offset + BLOCK_SIZE]
         return fade_out * outgoing + fade_in * incoming, start + offset
+
+
+def seed_keys(frames, kind):
+    """(pieces, seed_frames, NUM_FEATURES) raw seeds -> (pieces, 12) float32: the pitch classes
+    of each seed over its length, at unit length (0 for a silent seed)."""
+    chroma = frame_chroma(frames.reshape(-1, frames.shape[-1]), kind).reshape(*frames.shape[:2], 12)
+    return centred(chroma.mean(axis=1))
+
+
+KEY_REACH = 32  # frames (8 s) either side of a frame: the stretch of music whose pitch classes
+# are its key
+
+
+def local_keys(chroma, file_starts, reach=KEY_REACH):
+    """(num_frames, 12) pitch classes of each frame (frame_chroma), its file's starts -> the key
+    around each frame: the pitch classes of the frames within `reach` of it in its file, centred
+    (see centred)."""
+    chroma = np.asarray(chroma, np.float64)
+    total = np.concatenate([np.zeros((1, 12)), np.cumsum(chroma, axis=0)])
+    index = np.arange(len(chroma))
+    file = np.searchsorted(file_starts, index, side="right") - 1
+    first = np.maximum(index - reach, file_starts[file])
+    stop = np.minimum(index + reach + 1, file_starts[file + 1])
+    return centred(total[stop] - total[first])
+
+
+def centred(chroma):
+    """(n, 12) pitch classes -> the same less their mean, at unit length (float32): how a key
+    leans, so that two keys alike score 1 and two unlike below 0 (0 for no pitch at all)."""
+    chroma = chroma - chroma.mean(axis=-1, keepdims=True)
+    return (chroma / np.maximum(np.linalg.norm(chroma, axis=-1, keepdims=True), 1e-12)
+            ).astype(np.float32)
 
 
 def first_level(left):  # {level: bool per candidate} -> the first of LADDER leaving any

@@ -472,3 +472,44 @@ def test_a_piece_never_plays_a_seed_s_recording_again_its_own_or_another_s(mc, c
             for seed_range in ranges:
                 assert mc.seed_share(chosen, seed_range) == {"seed_share": 0.0}
     assert mc.seed_share([4, 5, 7, 8], (5, 8)) == {"seed_share": 0.5}  # first in, stop out
+
+
+def in_key(seconds, root, seed):
+    """A major chord on `root` / 2 under a lead drawn from the major scale on `root`, 4 notes a
+    second: music in one key."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    chord = sum(0.1 * np.sin(2 * np.pi * root / 2 * 2 ** (step / 12) * t) for step in (0, 4, 7))
+    notes = root * 2 ** (rng.choice([0, 2, 4, 5, 7, 9, 11], size=int(seconds * 4) + 1) / 12)
+    return (chord + 0.3 * np.sin(2 * np.pi * notes[(t * 4).astype(int)] * t)).astype(np.float32)
+
+
+def test_a_continuation_keeps_to_its_seed_s_key(mc, tmp_path, monkeypatch):
+    """A seed in A major, continued into music of two files: A major an octave lower, and D#
+    major, a tritone away, which joins the seed's sound better. Without the key rule the walk's
+    continuation goes mostly into D# major; with it, only into A major. A piece that is not a
+    continuation has no key to keep."""
+    (tmp_path / "music").mkdir()
+    write_int16(tmp_path / "music" / "a-major.wav", in_key(12.0, 220.0, seed=1))
+    write_int16(tmp_path / "music" / "d-sharp-major.wav", in_key(12.0, 622.3, seed=2))
+    cache = mc.prepare_cache(tmp_path / "music", tmp_path / "cache")
+    seeds = seeds_of(mc, tmp_path, [in_key(6.0, 440.0, seed=3)])
+    music, ranges = mc.with_seed_music(cache, seeds)
+    real = mc.RealFrames(music, cache.normalisation)
+
+    def in_a_major(weight):
+        monkeypatch.setattr(mc, "KEY_WEIGHT", weight)
+        synthesis = mc.make_synthesis("magnitude", 1, "grains", real, 1.0, ranges)
+        synthesis.prime(seeds.frames)
+        synthesis.prime_with_audio(seeds.endings)
+        for _ in range(40):
+            synthesis.choose_by_codes(None)
+        chosen = np.array([choice for choice, _, _ in synthesis.chosen])[:, 0]
+        assert (chosen < cache.file_starts[2]).all()  # the music's, never the seed's
+        return np.mean(chosen < cache.file_starts[1])
+
+    weight = mc.KEY_WEIGHT
+    assert in_a_major(0.0) < 0.5 and in_a_major(weight) == 1.0
+    alone = mc.make_synthesis("magnitude", 1, "grains", mc.RealFrames(cache, cache.normalisation))
+    alone.prime(seeds.frames)
+    assert alone.key is None and alone.key_cost(0, np.arange(4)) == 1

@@ -67,6 +67,8 @@ def whole_search(mc):
             staying = np.flatnonzero(successors >= 0)
             kept = cost[staying, successors[staying]] * mc.STAY_WEIGHT
             cost *= self.real.level_cost
+            if self.key is not None:  # a continuation's key rule, every frame scored
+                cost *= 1 + mc.KEY_WEIGHT / 2 * (1 - self.key @ keys_around(mc, self.real.cache).T)
             cost[staying, successors[staying]] = kept
             cost[:, self.real.silent] = np.inf
             if self.forbidden is not None:
@@ -125,6 +127,19 @@ def whole_search(mc):
                 cost[piece] = np.where(unit_of == drawn, cost[piece], np.inf)
 
     return WholeSearch
+
+
+def keys_around(mc, cache):
+    """The key around each frame, frame by frame: its file's pitch classes within KEY_REACH
+    of it, summed, less their mean, at unit length."""
+    reach, starts, chroma = mc.KEY_REACH, cache.file_starts, np.asarray(cache.chroma, np.float64)
+    keys = np.zeros_like(chroma)
+    for frame in range(len(chroma)):
+        file = np.searchsorted(starts, frame, side="right") - 1
+        key = chroma[max(starts[file], frame - reach) : min(starts[file + 1], frame + reach + 1)]
+        key = key.sum(axis=0) - key.sum() / 12
+        keys[frame] = key / max(np.linalg.norm(key), 1e-12)
+    return keys
 
 
 def ties_to_the_recording(cost, successors):
@@ -215,6 +230,9 @@ def test_a_continuation_chooses_as_the_whole_search_did(mc, cache):
         synthesis = kind(real, 1, 1.0, ranges)
         centroids = mc.music_units(cache.codes, 12)
         synthesis.index = mc.MusicIndex(mc.unit_labels(cache.codes, centroids), centroids)
+        seed = np.asarray(cache.frames[ranges[0][0] : ranges[0][1]])
+        synthesis.prime(cache.normalisation.denormalise(seed)[None])
+        assert synthesis.key is not None  # a continuation keeps to its seed's key
         synthesis.prime_with_audio(np.zeros((1, mc.WINDOW_SIZE), np.float32))
         for _ in range(40):
             synthesis.choose_by_codes(None)
@@ -249,3 +267,16 @@ def test_the_walk_indexes_long_music_and_searches_short_music_whole(mc, cache, m
         synthesis = mc.make_synthesis("magnitude", 1, "grains", real)
         mc.JoinAlone(cache.normalisation).predict_next(None, synthesis, cache, 1, None)
         assert (synthesis.index is not None) == indexed
+
+
+def test_the_key_around_a_frame_is_its_file_s_music_near_it(mc, cache):
+    """local_keys, read frame by frame (keys_around): the pitch classes within KEY_REACH in the
+    frame's own file, never across a file's start; the melody (A major) and the chord (C major)
+    lean different ways."""
+    keys = mc.local_keys(cache.chroma, cache.file_starts)
+    np.testing.assert_allclose(keys, keys_around(mc, cache), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(keys, axis=1), 1, atol=1e-5)
+    starts = cache.file_starts
+    melody, chord = keys[starts[0] : starts[1]], keys[starts[1] : starts[2]]
+    assert np.median(melody @ melody.mean(axis=0)) > 0.5 > np.max(chord @ melody.mean(axis=0))
+
