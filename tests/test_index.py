@@ -279,4 +279,3 @@ def test_the_key_around_a_frame_is_its_file_s_music_near_it(mc, cache):
     starts = cache.file_starts
     melody, chord = keys[starts[0] : starts[1]], keys[starts[1] : starts[2]]
     assert np.median(melody @ melody.mean(axis=0)) > 0.5 > np.max(chord @ melody.mean(axis=0))
-
