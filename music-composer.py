@@ -1199,11 +1199,12 @@ class GrainSynthesis:
         the key around the frame (local_keys) is its seed's, up to 1 + KEY_WEIGHT where it leans
         the other way (half that where it has no lean), so that a continuation stays in the key
         of the music it continues where the rules leave it a frame in it. 1 for a piece that is
-        not a continuation."""
-        if self.key is None:
+        not a continuation, or whose seed has no key (key_lean)."""
+        if self.key is None or not self.key[piece].any():  # no seed key to keep
             return np.float32(1.0)
         if self.keys is None:
-            self.keys = local_keys(self.real.cache.chroma, self.real.cache.file_starts)
+            self.keys = local_keys(self.real.cache.chroma, self.real.cache.file_starts,
+                                   self.real.cache.kind)
         alike = self.keys[candidates] @ self.key[piece]
         return np.float32(1.0) + np.float32(KEY_WEIGHT / 2) * (np.float32(1.0) - alike)
 
@@ -1326,32 +1327,41 @@ def seed_keys(frames, kind):
     """(pieces, seed_frames, NUM_FEATURES) raw seeds -> (pieces, 12) float32: the pitch classes
     of each seed over its length, at unit length (0 for a silent seed)."""
     chroma = frame_chroma(frames.reshape(-1, frames.shape[-1]), kind).reshape(*frames.shape[:2], 12)
-    return centred(chroma.mean(axis=1))
+    return key_lean(chroma.mean(axis=1), kind)
 
 
 KEY_REACH = 32  # frames (8 s) either side of a frame: the stretch of music whose pitch classes
 # are its key
 
 
-def local_keys(chroma, file_starts, reach=KEY_REACH):
+def local_keys(chroma, file_starts, kind, reach=KEY_REACH):
     """(num_frames, 12) pitch classes of each frame (frame_chroma), its file's starts -> the key
-    around each frame: the pitch classes of the frames within `reach` of it in its file, centred
-    (see centred)."""
+    around each frame: the pitch classes of the frames within `reach` of it in its file, as
+    key_lean reads them."""
     chroma = np.asarray(chroma, np.float64)
     total = np.concatenate([np.zeros((1, 12)), np.cumsum(chroma, axis=0)])
     index = np.arange(len(chroma))
     file = np.searchsorted(file_starts, index, side="right") - 1
     first = np.maximum(index - reach, file_starts[file])
     stop = np.minimum(index + reach + 1, file_starts[file + 1])
-    return centred(total[stop] - total[first])
+    return key_lean(total[stop] - total[first], kind)
 
 
-def centred(chroma):
-    """(n, 12) pitch classes -> the same less their mean, at unit length (float32): how a key
-    leans, so that two keys alike score 1 and two unlike below 0 (0 for no pitch at all)."""
+KEY_LEAN_FLOOR = 0.05  # a lean this small against the pitch classes' own size is no key (white
+# noise leans 0.005, a drum loop 0.2, music's 8-s stretches 0.12 to 0.6)
+
+
+def key_lean(chroma, kind):
+    """(n, 12) pitch classes (sums of frame_chroma) -> how a key leans, at unit length (float32):
+    each class's magnitude per bin (a flat spectrum then has none; the band holds 149 to 270
+    bins a class), less their mean, so that two keys alike score 1 and two unlike below 0; 0
+    where the lean is under KEY_LEAN_FLOOR of the classes' size (no key: silence, noise)."""
+    chroma = chroma / chroma_filters(kind)[1].sum(axis=0)
+    size = np.linalg.norm(chroma, axis=-1, keepdims=True)
     chroma = chroma - chroma.mean(axis=-1, keepdims=True)
-    return (chroma / np.maximum(np.linalg.norm(chroma, axis=-1, keepdims=True), 1e-12)
-            ).astype(np.float32)
+    lean = np.linalg.norm(chroma, axis=-1, keepdims=True)
+    keyed = lean > KEY_LEAN_FLOOR * size
+    return np.where(keyed, chroma / np.maximum(lean, 1e-12), 0.0).astype(np.float32)
 
 
 def first_level(left):  # {level: bool per candidate} -> the first of LADDER leaving any

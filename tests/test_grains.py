@@ -484,6 +484,19 @@ def in_key(seconds, root, seed):
     return (chord + 0.3 * np.sin(2 * np.pi * notes[(t * 4).astype(int)] * t)).astype(np.float32)
 
 
+def test_a_key_leans_as_its_music_does_and_noise_has_none(mc):
+    def lean(audio):
+        chroma = mc.frame_chroma(mc.frames_from_audio(audio, "magnitude"), "magnitude")
+        return mc.key_lean(chroma.sum(axis=0)[None], "magnitude")[0]
+
+    a_major, again = lean(in_key(8.0, 440.0, seed=1)), lean(in_key(8.0, 220.0, seed=2))
+    d_sharp = lean(in_key(8.0, 622.3, seed=3))
+    assert np.linalg.norm(a_major) == pytest.approx(1, abs=1e-5)
+    assert a_major @ again > 0.7 and a_major @ d_sharp < 0  # an octave: the same; a tritone: not
+    noise = 0.1 * np.random.default_rng(0).standard_normal(8 * RATE).astype(np.float32)
+    assert not lean(noise).any() and not lean(np.zeros(8 * RATE, np.float32)).any()
+
+
 def test_a_continuation_keeps_to_its_seed_s_key(mc, tmp_path, monkeypatch):
     """A seed in A major, continued into music of two files: A major an octave lower, and D#
     major, a tritone away, which joins the seed's sound better. Without the key rule the walk's
@@ -513,3 +526,9 @@ def test_a_continuation_keeps_to_its_seed_s_key(mc, tmp_path, monkeypatch):
     alone = mc.make_synthesis("magnitude", 1, "grains", mc.RealFrames(cache, cache.normalisation))
     alone.prime(seeds.frames)
     assert alone.key is None and alone.key_cost(0, np.arange(4)) == 1
+    (tmp_path / "noise").mkdir()
+    noise = seeds_of(mc, tmp_path / "noise", [0.1 * np.random.default_rng(4).standard_normal(
+        6 * RATE).astype(np.float32)])  # a seed with no key: nothing to keep
+    noisy = mc.make_synthesis("magnitude", 1, "grains", real, 1.0, ranges)
+    noisy.prime(noise.frames)
+    assert not noisy.key.any() and noisy.key_cost(0, np.arange(4)) == 1

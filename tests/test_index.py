@@ -131,13 +131,16 @@ def whole_search(mc):
 
 def keys_around(mc, cache):
     """The key around each frame, frame by frame: its file's pitch classes within KEY_REACH
-    of it, summed, less their mean, at unit length."""
+    of it, summed, each divided by the bins it holds, less their mean, at unit length."""
     reach, starts, chroma = mc.KEY_REACH, cache.file_starts, np.asarray(cache.chroma, np.float64)
+    bins = mc.chroma_filters(cache.kind)[1].sum(axis=0)
     keys = np.zeros_like(chroma)
     for frame in range(len(chroma)):
         file = np.searchsorted(starts, frame, side="right") - 1
         key = chroma[max(starts[file], frame - reach) : min(starts[file + 1], frame + reach + 1)]
-        key = key.sum(axis=0) - key.sum() / 12
+        key = key.sum(axis=0) / bins
+        size, key = np.linalg.norm(key), key - key.mean()
+        key = key if np.linalg.norm(key) > mc.KEY_LEAN_FLOOR * size else 0 * key
         keys[frame] = key / max(np.linalg.norm(key), 1e-12)
     return keys
 
@@ -273,7 +276,7 @@ def test_the_key_around_a_frame_is_its_file_s_music_near_it(mc, cache):
     """local_keys, read frame by frame (keys_around): the pitch classes within KEY_REACH in the
     frame's own file, never across a file's start; the melody (A major) and the chord (C major)
     lean different ways."""
-    keys = mc.local_keys(cache.chroma, cache.file_starts)
+    keys = mc.local_keys(cache.chroma, cache.file_starts, cache.kind)
     np.testing.assert_allclose(keys, keys_around(mc, cache), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(keys, axis=1), 1, atol=1e-5)
     starts = cache.file_starts
