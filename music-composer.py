@@ -1324,8 +1324,8 @@ class GrainSynthesis:
 
 
 def seed_keys(frames, kind):
-    """(pieces, seed_frames, NUM_FEATURES) raw seeds -> (pieces, 12) float32: the pitch classes
-    of each seed over its length, at unit length (0 for a silent seed)."""
+    """(pieces, seed_frames, NUM_FEATURES) raw seeds -> (pieces, 12) float32: how each seed's
+    pitch classes over its length lean (key_lean; 0 for a seed with no key)."""
     chroma = frame_chroma(frames.reshape(-1, frames.shape[-1]), kind).reshape(*frames.shape[:2], 12)
     return key_lean(chroma.mean(axis=1), kind)
 
